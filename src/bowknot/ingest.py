@@ -1,0 +1,274 @@
+"""The event contract: the Segment spec, validated, corrected and deduplicated in the engine.
+
+Every way in (HTTP, the library, file import, replay) hands raw JSON text to the single writer,
+which runs the three SQL steps below in one transaction over everything it has gathered:
+
+1. ``explode``: request bodies become items (a batch's ``batch[]`` is unnested, its ``context``,
+   ``integrations`` and ``sentAt`` are carried onto each item);
+2. ``normalize``: every item is parsed once, checked against the contract, and gets a list of
+   typed reasons (empty when valid) and its corrected ``timestamp``;
+3. ``commit``: invalid items go to ``failed_events`` with their raw text; valid ones are
+   deduplicated on (source, messageId) and appended to ``events``.
+
+The work is vectorised in DuckDB: there is no Python loop per event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CALLS = ("track", "identify", "page", "screen", "group", "alias")
+
+# Reason code -> what was wrong and how to fix it. The HTTP API, the CLI and failed-event
+# listings all read from here, so a reason is described the same way everywhere.
+REASONS: dict[str, str] = {
+    "invalid_json": "The body is not valid JSON; send a JSON object (UTF-8).",
+    "invalid_encoding": "The body is not valid UTF-8 text; encode the JSON as UTF-8.",
+    "not_an_object": 'The event must be a JSON object such as {"type": "track", ...}.',
+    "batch_not_a_list": "A batch request needs a `batch` array of events.",
+    "too_many_events": "The batch holds more events than max_batch_events allows; split it.",
+    "request_too_large": "The request body exceeds max_request_bytes; send smaller batches.",
+    "invalid_type": "`type` must be one of track, identify, page, screen, group, alias.",
+    "missing_identity": "Every event needs a non-empty `userId` or `anonymousId`.",
+    "missing_event": "A track call needs a non-empty `event` name.",
+    "missing_previous_id": "An alias call needs `previousId` (the old id) and `userId`.",
+    "missing_group_id": "A group call needs a non-empty `groupId`.",
+    "message_id_too_long": "`messageId` is longer than max_message_id_chars (100); shorten it.",
+    "event_too_large": "The event exceeds max_event_bytes (32 KB); trim its properties.",
+    "invalid_timestamp": "`timestamp`, `originalTimestamp`, `sentAt` or `receivedAt` is not an "
+    "ISO-8601 date-time such as 2026-07-01T12:00:00.000Z.",
+    "invalid_field_type": "An id field (`userId`, `anonymousId`, `messageId`, `event`, ...) must "
+    "be a string or number, and `properties`, `traits`, `context`, `integrations` objects.",
+    "message_id_conflict": "An event with this source and messageId was already stored with a "
+    "different payload; it was kept aside. Send it with a new messageId to store both.",
+}
+
+# --- step 1: request bodies -> items -------------------------------------------------------
+# requests(req, source, origin, call, body, received_at, trusted, file)
+REQUEST_CHECK_SQL = """
+CREATE OR REPLACE TEMP TABLE req_checked AS
+SELECT r.*,
+       CASE
+         WHEN NOT json_valid(body) THEN 'invalid_json'
+         WHEN call = 'batch' AND json_type(body) <> 'OBJECT' THEN 'not_an_object'
+         WHEN call = 'batch' AND coalesce(json_type(body, '$.batch'), '') <> 'ARRAY'
+              THEN 'batch_not_a_list'
+         WHEN call = 'batch' AND json_array_length(body, '$.batch') > $max_batch
+              THEN 'too_many_events'
+       END AS request_reason
+FROM requests r
+"""
+
+EXPLODE_SQL = """
+CREATE OR REPLACE TEMP TABLE items AS
+SELECT req, pos, source, origin, NULL::VARCHAR AS call, raw::VARCHAR AS raw, received_at,
+       trusted, file, batch_sent_at, batch_context, batch_integrations
+FROM (
+  SELECT req, source, origin, received_at, trusted, file,
+         unnest(list) AS raw, generate_subscripts(list, 1) - 1 AS pos,
+         json_extract_string(body, '$.sentAt') AS batch_sent_at,
+         json_extract(body, '$.context') AS batch_context,
+         json_extract(body, '$.integrations') AS batch_integrations
+  FROM (SELECT *, json_extract(body, '$.batch[*]') AS list FROM req_checked
+        WHERE call = 'batch' AND request_reason IS NULL)
+)
+UNION ALL BY NAME
+SELECT req, 0::BIGINT AS pos, source, origin, call, body AS raw, received_at, trusted, file,
+       NULL::VARCHAR AS batch_sent_at, NULL::JSON AS batch_context,
+       NULL::JSON AS batch_integrations
+FROM req_checked WHERE call <> 'batch' AND request_reason IS NULL
+"""
+
+# --- step 2: items -> staged rows with reasons ----------------------------------------------
+# items(req, pos, source, origin, call, raw, received_at, trusted, file,
+#       batch_sent_at, batch_context, batch_integrations)
+NORMALIZE_SQL = """
+CREATE OR REPLACE TEMP TABLE staged AS
+WITH parsed AS (
+  -- One parse per item: every field is pulled out in a single json_extract over a path list;
+  -- try() turns invalid JSON into NULL so the row can be explained instead of failing the load.
+  SELECT i.*,
+    CASE WHEN ltrim(raw)[1] = '{' THEN try(json_extract(raw, ['$.type', '$.messageId',
+      '$.anonymousId', '$.userId', '$.event', '$.name', '$.groupId', '$.previousId',
+      '$.originalTimestamp', '$.timestamp', '$.sentAt', '$.receivedAt', '$.source',
+      '$.properties', '$.traits', '$.context', '$.integrations'])) END AS o
+  FROM items i
+), fields AS (
+  SELECT parsed.*,
+    CASE WHEN o IS NULL THEN json_valid(raw) ELSE true END AS is_json,
+    list_transform(o[1:13], lambda x: nullif(trim(json_extract_string(x, '$')), '')) AS s,
+    list_transform(o, lambda x: coalesce(json_type(x), 'NULL')) AS t
+  FROM parsed
+), typed AS (
+  SELECT fields.*,
+    lower(coalesce(call, s[1])) AS type_,
+    coalesce(s[9], s[10]) AS orig_text,
+    coalesce(s[11], batch_sent_at) AS sent_text,
+    CASE WHEN trusted THEN s[12] END AS recv_text,
+    try_cast(coalesce(s[9], s[10]) AS TIMESTAMPTZ)::TIMESTAMP AS orig_ts,
+    try_cast(coalesce(s[11], batch_sent_at) AS TIMESTAMPTZ)::TIMESTAMP AS sent_ts,
+    CASE WHEN trusted THEN try_cast(s[12] AS TIMESTAMPTZ)::TIMESTAMP END AS recv_ts,
+    list_bool_or(list_transform(t[2:8], lambda x: x IN ('OBJECT', 'ARRAY')))
+      OR list_bool_or(list_transform(t[14:17], lambda x: x NOT IN ('OBJECT', 'NULL')))
+      AS bad_field_type
+  FROM fields
+)
+SELECT
+  req, pos,
+  CASE WHEN trusted AND s[13] IS NOT NULL THEN s[13] ELSE source END AS source,
+  origin, call, raw, trusted, file,
+  list_filter([
+    CASE WHEN NOT is_json THEN 'invalid_json' END,
+    CASE WHEN is_json AND o IS NULL THEN 'not_an_object' END,
+    CASE WHEN o IS NOT NULL AND (type_ IS NULL OR type_ NOT IN $calls) THEN 'invalid_type' END,
+    CASE WHEN o IS NOT NULL AND bad_field_type THEN 'invalid_field_type' END,
+    CASE WHEN o IS NOT NULL AND s[3] IS NULL AND s[4] IS NULL THEN 'missing_identity' END,
+    CASE WHEN type_ = 'track' AND s[5] IS NULL THEN 'missing_event' END,
+    CASE WHEN type_ = 'alias' AND s[8] IS NULL THEN 'missing_previous_id' END,
+    CASE WHEN type_ = 'group' AND s[7] IS NULL THEN 'missing_group_id' END,
+    CASE WHEN length(s[2]) > $max_message_id THEN 'message_id_too_long' END,
+    CASE WHEN strlen(raw) > $max_event_bytes THEN 'event_too_large' END,
+    CASE WHEN (orig_text IS NOT NULL AND orig_ts IS NULL)
+           OR (sent_text IS NOT NULL AND sent_ts IS NULL)
+           OR (recv_text IS NOT NULL AND recv_ts IS NULL) THEN 'invalid_timestamp' END
+  ], lambda x: x IS NOT NULL) AS reasons,
+  coalesce(s[2], 'bk-' || uuid()::VARCHAR) AS message_id,
+  type_ AS type, s[5] AS event, s[6] AS name,
+  s[3] AS anonymous_id, s[4] AS user_id, s[7] AS group_id, s[8] AS previous_id,
+  -- Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp).
+  CASE WHEN orig_ts IS NOT NULL AND sent_ts IS NOT NULL
+         THEN coalesce(recv_ts, received_at) - (sent_ts - orig_ts)
+       ELSE coalesce(orig_ts, recv_ts, received_at) END AS timestamp,
+  orig_ts AS original_timestamp, sent_ts AS sent_at,
+  coalesce(recv_ts, received_at) AS received_at,
+  o[14] AS properties, o[15] AS traits,
+  CASE WHEN batch_context IS NULL THEN o[16] WHEN o[16] IS NULL THEN batch_context
+       ELSE json_merge_patch(batch_context, o[16]) END AS context,
+  CASE WHEN batch_integrations IS NULL THEN o[17] WHEN o[17] IS NULL THEN batch_integrations
+       ELSE json_merge_patch(batch_integrations, o[17]) END AS integrations
+FROM typed
+"""
+
+# --- step 3: staged -> events / failed_events -----------------------------------------------
+FAIL_REQUESTS_SQL = """
+INSERT INTO failed_events (load_id, source, origin, call, received_at, file, position,
+                           reasons, raw)
+SELECT $load_id, source, origin, call, received_at, file, NULL, [request_reason], body
+FROM req_checked WHERE request_reason IS NOT NULL
+"""
+
+FAIL_ITEMS_SQL = """
+INSERT INTO failed_events (load_id, source, origin, call, received_at, file, position,
+                           message_id, reasons, raw)
+SELECT $load_id, source, origin, call, received_at, file, pos, message_id, reasons, raw
+FROM staged WHERE len(reasons) > 0
+"""
+
+# A duplicate is the same (source, messageId); it is a harmless re-send when its payload
+# fingerprint (everything but sentAt/receivedAt) matches the stored one, and a conflict (kept
+# aside, never dropped) when it does not: Snowplow's natural vs synthetic duplicates.
+CLASSIFY_SQL = """
+CREATE OR REPLACE TEMP TABLE classified AS
+WITH v AS (
+  SELECT staged.* EXCLUDE (reasons),
+         hash(source, message_id) AS key,
+         hash(type, event, name, anonymous_id, user_id, group_id, previous_id,
+              original_timestamp, properties::VARCHAR, traits::VARCHAR, context::VARCHAR)
+           AS fingerprint
+  FROM staged WHERE len(reasons) = 0
+), ranked AS (
+  SELECT v.*,
+         row_number() OVER w AS rn,
+         first_value(fingerprint) OVER w AS first_fp
+  FROM v WINDOW w AS (PARTITION BY key, source, message_id ORDER BY req, pos)
+), earlier AS (
+  SELECT key, source, message_id, any_value(fingerprint) AS stored_fp
+  FROM events
+  WHERE key IN (SELECT key FROM v) $window_filter
+  GROUP BY ALL
+)
+SELECT ranked.*,
+  CASE
+    WHEN earlier.stored_fp IS NOT NULL AND earlier.stored_fp = ranked.fingerprint THEN 'duplicate'
+    WHEN earlier.stored_fp IS NOT NULL THEN 'conflict'
+    WHEN rn > 1 AND first_fp = ranked.fingerprint THEN 'duplicate'
+    WHEN rn > 1 THEN 'conflict'
+    ELSE 'new'
+  END AS outcome
+FROM ranked LEFT JOIN earlier USING (key, source, message_id)
+"""
+
+INSERT_EVENTS_SQL = """
+INSERT INTO events
+SELECT message_id, source, type, event, name, anonymous_id, user_id, group_id, previous_id,
+       timestamp, original_timestamp, sent_at, received_at, properties, traits, context,
+       integrations, key, fingerprint, $load_id
+FROM classified WHERE outcome = 'new'
+"""
+
+FAIL_CONFLICTS_SQL = """
+INSERT INTO failed_events (load_id, source, origin, call, received_at, file, position,
+                           message_id, reasons, raw)
+SELECT $load_id, source, origin, call, received_at, file, pos, message_id,
+       ['message_id_conflict'], raw
+FROM classified WHERE outcome = 'conflict'
+"""
+
+SUMMARY_SQL = """
+SELECT req,
+       count_if(outcome = 'new') AS accepted,
+       count_if(outcome = 'duplicate') AS duplicates,
+       count_if(outcome = 'conflict') AS conflicts
+FROM classified GROUP BY req
+"""
+
+ITEM_FAILURES_SQL = """
+SELECT req, pos, reasons FROM staged WHERE len(reasons) > 0
+UNION ALL
+SELECT req, pos, ['message_id_conflict'] FROM classified WHERE outcome = 'conflict'
+UNION ALL
+SELECT req, NULL, [request_reason] FROM req_checked WHERE request_reason IS NOT NULL
+ORDER BY req, pos
+"""
+
+
+@dataclass
+class Outcome:
+    """What happened to one request (or one import chunk)."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    request_reason: str | None = None
+    load_id: int | None = None
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for f in self.failures if f["reason_codes"] != ["message_id_conflict"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "failed": self.failed,
+            "failures": self.failures,
+        }
+
+
+def describe(codes: list[str]) -> list[dict[str, str]]:
+    """Reason codes with the message that says how to fix each."""
+    return [{"code": c, "message": REASONS.get(c, c)} for c in codes]
+
+
+def substitute(sql: str, values: dict[str, Any]) -> str:
+    """Fill ``$name`` placeholders with trusted, internally produced literals.
+
+    Values come from settings and the writer, never from a request, so no user text reaches
+    the SQL; DuckDB cannot bind parameters in DDL, which is why this exists.
+    """
+    for name in sorted(values, key=len, reverse=True):
+        sql = sql.replace("$" + name, str(values[name]))
+    return sql

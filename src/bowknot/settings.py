@@ -1,0 +1,164 @@
+"""Every setting, declared once: name, default, type and help.
+
+The table drives validation, ``bowknot settings``, the generated ``docs/settings.md`` and a test
+that fails when a setting is undocumented. Environment variables ``BOWKNOT_<NAME>`` (upper case)
+override the defaults; explicit keyword arguments to :func:`bowknot.connect` override both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SettingError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    type: type = str
+
+    @property
+    def env(self) -> str:
+        return "BOWKNOT_" + self.name.upper()
+
+    def parse(self, raw: Any) -> Any:
+        if isinstance(raw, self.type) and not (self.type is int and isinstance(raw, bool)):
+            return raw
+        text = str(raw).strip()
+        try:
+            if self.type is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            return self.type(text)
+        except ValueError:
+            raise SettingError(
+                f"Setting {self.name} ({self.env}) must be a {self.type.__name__}, got {raw!r}.",
+                setting=self.name,
+            ) from None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Segment's published limits (segment-docs http-api/index.md): 32 KB an event,
+    # 500 KB a batch request, 2,500 events a batch.
+    Setting("max_event_bytes", 32 * 1024, "Largest accepted event, in bytes.", int),
+    Setting(
+        "max_request_bytes",
+        500 * 1024,
+        "Largest accepted HTTP request body (after gzip decoding), in bytes.",
+        int,
+    ),
+    Setting("max_batch_events", 2500, "Most events accepted in one batch request.", int),
+    Setting("max_message_id_chars", 100, "Longest accepted messageId.", int),
+    # Segment dedupes over ~24 h, RudderStack over 7 days (cdp-anchors.md §1.4, §9); live
+    # ingestion compares against this window so a commit never rescans the whole log.
+    Setting(
+        "dedupe_window_hours",
+        168,
+        "How far back live ingestion looks for an earlier "
+        "event with the same source and messageId (file imports always look at all "
+        "events); 0 means no limit.",
+        int,
+    ),
+    Setting(
+        "writer_queue_bytes",
+        64 * 1024 * 1024,
+        "Bytes of requests that may wait for "
+        "the single writer before ingestion answers 429 with Retry-After.",
+        int,
+    ),
+    Setting(
+        "writer_group_bytes",
+        8 * 1024 * 1024,
+        "Most request bytes the writer commits in one transaction (group commit).",
+        int,
+    ),
+    Setting(
+        "import_chunk_bytes",
+        64 * 1024 * 1024,
+        "Bytes of a file read per import chunk; bounds the importer's memory.",
+        int,
+    ),
+    Setting("threads", 0, "DuckDB worker threads; 0 means one per core.", int),
+    Setting(
+        "memory_limit",
+        "",
+        "DuckDB memory limit such as '8GB'; empty means DuckDB's default (80 % of RAM).",
+    ),
+    Setting("host", "127.0.0.1", "Address `bowknot serve` listens on."),
+    Setting("port", 8000, "Port `bowknot serve` listens on.", int),
+    Setting("session_hours", 12, "How long a page sign-in session lasts, in hours.", int),
+    Setting(
+        "cookie_secure",
+        False,
+        "Mark the session cookie Secure (set it when serving behind HTTPS).",
+        bool,
+    ),
+    Setting(
+        "build_interval_seconds",
+        2.0,
+        "How often `bowknot serve` brings derived tables up to date.",
+        float,
+    ),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings: attribute access, validated once."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def resolve(
+        cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        env = os.environ if env is None else env
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(BY_NAME))
+        if unknown:
+            raise SettingError(
+                f"Unknown setting(s) {', '.join(unknown)}; known settings are listed by "
+                "`bowknot settings`.",
+                settings=unknown,
+            )
+        values: dict[str, Any] = {}
+        for s in SETTINGS:
+            if s.name in overrides:
+                values[s.name] = s.parse(overrides[s.name])
+            elif s.env in env:
+                values[s.name] = s.parse(env[s.env])
+            else:
+                values[s.name] = s.default
+        return cls(values)
+
+
+def settings_markdown() -> str:
+    """The settings table as Markdown (docs/settings.md is this, checked by a test)."""
+    lines = [
+        "# Settings",
+        "",
+        "Generated from `bowknot.settings.SETTINGS` (`bowknot settings --markdown`).",
+        "Each can be set with its environment variable or as a keyword to `bowknot.connect()`.",
+        "",
+        "| name | environment variable | default | help |",
+        "|---|---|---|---|",
+    ]
+    for s in SETTINGS:
+        lines.append(f"| `{s.name}` | `{s.env}` | `{s.default!r}` | {s.help} |")
+    return "\n".join(lines) + "\n"

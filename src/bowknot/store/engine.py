@@ -1,0 +1,88 @@
+"""The DuckDB connection that owns the workspace file, and Ibis on top of it."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ..errors import WorkspaceLocked
+from ..settings import Settings
+from .schema import DDL, SCHEMA_VERSION
+
+
+def run(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[Any]:
+    """Execute and fetch everything: DuckDB 2 keeps a connection busy until results are read."""
+    return con.execute(sql, params or []).fetchall()
+
+
+class Store:
+    """Owns the one DuckDB database of a workspace.
+
+    DuckDB allows one process to open a file for writing; inside that process every reader
+    gets its own cursor (a connection to the same database), so reads run in parallel with the
+    single writer and see only committed data.
+    """
+
+    def __init__(self, path: str | Path, settings: Settings) -> None:
+        self.path = str(path)
+        config: dict[str, Any] = {}
+        if settings.threads:
+            config["threads"] = settings.threads
+        if settings.memory_limit:
+            config["memory_limit"] = settings.memory_limit
+        try:
+            self._con = duckdb.connect(self.path, config=config)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise WorkspaceLocked(
+                    f"The workspace {self.path} is open in another process (usually a running "
+                    "`bowknot serve`). Stop that process, or use its HTTP API instead.",
+                    path=self.path,
+                ) from exc
+            raise
+        # Timestamps are stored as naive UTC; casts from ISO strings with offsets must land in
+        # UTC whatever the machine's zone is.
+        run(self._con, "SET TimeZone = 'UTC'")
+        self._local = threading.local()
+        self._ibis: Any = None
+        for statement in DDL:
+            run(self._con, statement)
+        run(
+            self._con,
+            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+            [str(SCHEMA_VERSION)],
+        )
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The owning connection; only the writer and setup code use it."""
+        return self._con
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A per-thread read connection to the same database."""
+        cur: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._con.cursor()
+            run(cur, "SET TimeZone='UTC'")
+            self._local.cursor = cur
+        return cur
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        cur = self.cursor().execute(sql, params or [])
+        names = [d[0] for d in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    @property
+    def ibis(self) -> Any:
+        """An Ibis backend over this database (portable expressions; see DESIGN.md)."""
+        if self._ibis is None:
+            import ibis
+
+            self._ibis = ibis.duckdb.from_connection(self._con.cursor())
+        return self._ibis
+
+    def close(self) -> None:
+        self._con.close()

@@ -1,0 +1,275 @@
+"""The single writer: one thread that turns queued submissions into group commits.
+
+Concurrent requests are gathered into one transaction (group commit), so a burst of small
+batches costs one commit, not one each. A submission's future resolves only after COMMIT has
+returned, and DuckDB syncs its write-ahead log on commit, so an acknowledged event survives a
+``kill -9`` of the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+
+from .. import ingest
+from ..errors import Overloaded
+from ..settings import Settings
+from .engine import Store, run
+
+log = logging.getLogger("bowknot.writer")
+
+REQUEST_SCHEMA = pa.schema(
+    [
+        ("req", pa.int64()),
+        ("source", pa.string()),
+        ("origin", pa.string()),
+        ("call", pa.string()),
+        ("body", pa.string()),
+        ("received_at", pa.timestamp("us")),
+        ("trusted", pa.bool_()),
+        ("file", pa.string()),
+    ]
+)
+
+ITEM_SCHEMA = pa.schema(
+    [
+        ("req", pa.int64()),
+        ("pos", pa.int64()),
+        ("source", pa.string()),
+        ("origin", pa.string()),
+        ("call", pa.string()),
+        ("raw", pa.string()),
+        ("received_at", pa.timestamp("us")),
+        ("trusted", pa.bool_()),
+        ("file", pa.string()),
+        ("batch_sent_at", pa.string()),
+        ("batch_context", pa.string()),
+        ("batch_integrations", pa.string()),
+    ]
+)
+
+
+@dataclass
+class Request:
+    """One request body as received: a single call (``call`` names it) or a ``batch``."""
+
+    source: str
+    call: str
+    body: str
+    origin: str = "http"
+    trusted: bool = False
+    file: str | None = None
+
+
+@dataclass
+class Submission:
+    requests: list[Request] = field(default_factory=list)
+    items: pa.Table | None = None  # pre-split items (file import); ITEM_SCHEMA
+    full_dedupe: bool = False  # compare with every stored event, not just the recent window
+    # The batch-size limit protects the HTTP API; library bulk loads (committed alone) lift it.
+    batch_limit: bool = True
+    future: Future[list[ingest.Outcome]] = field(default_factory=Future)
+    size: int = 0
+
+
+class Writer:
+    """Owns every write to the store. ``submit`` may be called from any thread."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._queue: deque[Submission] = deque()
+        self._queued_bytes = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="bowknot-writer", daemon=True)
+        self._thread.start()
+        self.commits = 0
+
+    # -- producer side ------------------------------------------------------------------
+    def submit(self, sub: Submission, *, block: bool = False) -> Future[list[ingest.Outcome]]:
+        """Queue a submission; raise :class:`Overloaded` when the queue is full.
+
+        ``block=True`` waits for room instead (bulk callers such as the importer).
+        """
+        sub.size = sum(len(r.body) for r in sub.requests)
+        if sub.items is not None:
+            sub.size += sub.items.column("raw").nbytes
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the writer is closed; open the workspace again")
+            limit = self._settings.writer_queue_bytes
+            while self._queued_bytes and self._queued_bytes + sub.size > limit:
+                if not block:
+                    raise Overloaded(
+                        "Ingestion is busy: too much is waiting to be written. Retry after "
+                        "the number of seconds in Retry-After.",
+                        retry_after=1,
+                    )
+                self._cond.wait(0.1)
+            self._queue.append(sub)
+            self._queued_bytes += sub.size
+            self._cond.notify_all()
+        return sub.future
+
+    def write(self, sub: Submission) -> list[ingest.Outcome]:
+        """Submit and wait for the durable outcome."""
+        return self.submit(sub, block=True).result()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    # -- the writer thread --------------------------------------------------------------
+    def _take_group(self) -> list[Submission] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            first = self._queue.popleft()
+            group = [first]
+            size = first.size
+            # Imports and bulk loads commit alone; live requests are grouped.
+            if first.items is None and not first.full_dedupe:
+                while (
+                    self._queue
+                    and self._queue[0].items is None
+                    and not self._queue[0].full_dedupe
+                    and size + self._queue[0].size <= self._settings.writer_group_bytes
+                ):
+                    nxt = self._queue.popleft()
+                    group.append(nxt)
+                    size += nxt.size
+            self._queued_bytes -= size
+            self._cond.notify_all()
+            return group
+
+    def _run(self) -> None:
+        con = self._store.connection.cursor()
+        run(con, "SET TimeZone='UTC'")
+        while True:
+            group = self._take_group()
+            if group is None:
+                con.close()
+                return
+            try:
+                outcomes = self._commit(con, group)
+            except BaseException as exc:  # every waiter must hear back, whatever happened
+                log.exception("group commit failed")
+                try:
+                    run(con, "ROLLBACK")
+                except Exception:  # noqa: S110 - no transaction open
+                    pass
+                for sub in group:
+                    sub.future.set_exception(exc)
+                continue
+            for sub, outs in zip(group, outcomes, strict=True):
+                sub.future.set_result(outs)
+
+    def _commit(self, con: Any, group: list[Submission]) -> list[list[ingest.Outcome]]:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        s = self._settings
+        req_rows: dict[str, list[Any]] = {n: [] for n in REQUEST_SCHEMA.names}
+        spans: list[tuple[int, int]] = []
+        req = 0
+        for sub in group:
+            start = req
+            if sub.items is not None:
+                req += 1  # an import chunk is one "request"
+            for r in sub.requests:
+                for name, value in (
+                    ("req", req),
+                    ("source", r.source),
+                    ("origin", r.origin),
+                    ("call", r.call),
+                    ("body", r.body),
+                    ("received_at", now),
+                    ("trusted", r.trusted),
+                    ("file", r.file),
+                ):
+                    req_rows[name].append(value)
+                req += 1
+            spans.append((start, req))
+        requests = pa.table(req_rows, schema=REQUEST_SCHEMA)
+        items_in = [sub.items for sub in group if sub.items is not None]
+        window = s.dedupe_window_hours
+        window_filter = ""
+        if window and not any(sub.full_dedupe for sub in group):
+            since = now - timedelta(hours=window)
+            window_filter = f"AND received_at >= TIMESTAMP '{since.isoformat(sep=' ')}'"
+        values = {
+            "max_batch": s.max_batch_events if all(b.batch_limit for b in group) else 1 << 62,
+            "max_message_id": s.max_message_id_chars,
+            "max_event_bytes": s.max_event_bytes,
+            "calls": "(" + ", ".join(f"'{c}'" for c in ingest.CALLS) + ")",
+            "window_filter": window_filter,
+        }
+        run(con, "BEGIN TRANSACTION")
+        load_id = run(con, "SELECT nextval('load_seq')")[0][0]
+        values["load_id"] = load_id
+        con.register("requests", requests)
+        run(con, ingest.substitute(ingest.REQUEST_CHECK_SQL, values))
+        run(con, ingest.substitute(ingest.EXPLODE_SQL, values))
+        con.unregister("requests")
+        if items_in:
+            con.register("items_in", items_in[0])
+            run(con, "INSERT INTO items SELECT * FROM items_in")
+            con.unregister("items_in")
+        for sql in (
+            ingest.NORMALIZE_SQL,
+            ingest.FAIL_REQUESTS_SQL,
+            ingest.FAIL_ITEMS_SQL,
+            ingest.CLASSIFY_SQL,
+            ingest.INSERT_EVENTS_SQL,
+            ingest.FAIL_CONFLICTS_SQL,
+        ):
+            run(con, ingest.substitute(sql, values))
+        summary = {row[0]: row[1:] for row in run(con, ingest.SUMMARY_SQL)}
+        failures: dict[int, list[tuple[Any, list[str]]]] = {}
+        for r, pos, reasons in run(con, ingest.ITEM_FAILURES_SQL):
+            failures.setdefault(r, []).append((pos, reasons))
+        totals = [sum(v[i] for v in summary.values()) for i in range(3)]
+        n_failed = sum(len(v) for v in failures.values()) - totals[2]
+        origin = group[0].requests[0].origin if group[0].requests else "import"
+        file = group[0].requests[0].file if group[0].requests else None
+        if items_in:
+            file = items_in[0].column("file")[0].as_py() if len(items_in[0]) else None
+        run(
+            con,
+            "INSERT INTO loads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [load_id, origin, now, totals[0], totals[1], totals[2], n_failed, file],
+        )
+        run(con, "COMMIT")
+        self.commits += 1
+        result: list[list[ingest.Outcome]] = []
+        for start, end in spans:
+            outs = []
+            for r in range(start, end):
+                acc, dup, conf = summary.get(r, (0, 0, 0))
+                fails = failures.get(r, [])
+                out = ingest.Outcome(acc, dup, conf, load_id=load_id)
+                for pos, reasons in fails:
+                    if pos is None:
+                        out.request_reason = reasons[0]
+                    else:
+                        out.failures.append(
+                            {
+                                "index": pos,
+                                "reason_codes": reasons,
+                                "reasons": ingest.describe(reasons),
+                            }
+                        )
+                outs.append(out)
+            result.append(outs)
+        return result

@@ -1,0 +1,254 @@
+"""The Workspace: one object that owns the store, the settings and the services.
+
+The CLI, the HTTP API and the pages are thin shells over it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import ingest
+from .access import Access
+from .errors import BowknotError, QueryError
+from .failures import Failures
+from .settings import Settings
+from .store import Store, Writer
+from .store.writer import Request, Submission
+
+
+class Workspace:
+    """A bowknot workspace on one DuckDB file. Use :func:`bowknot.connect` to open one."""
+
+    def __init__(self, path: str | Path, **settings: Any) -> None:
+        self.settings = Settings.resolve(settings)
+        self.path = Path(path)
+        self.store = Store(self.path, self.settings)
+        self._writer: Writer | None = None
+        self.access = Access(self.store)
+        self.failures = Failures(self)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def writer(self) -> Writer:
+        if self._writer is None:
+            self._writer = Writer(self.store, self.settings)
+        return self._writer
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.store.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the event contract, from Python ---------------------------------------------
+    def send(self, call: str, payload: Mapping[str, Any], *, source: str = "library") -> str:
+        """Record one spec call; return its messageId. Raises ValidationError if invalid.
+
+        The event is durable when this returns.
+        """
+        if call not in ingest.CALLS:
+            raise BowknotError(
+                f"Unknown call {call!r}; use one of {', '.join(ingest.CALLS)}.",
+                code="invalid_type",
+            )
+        body = dict(payload)
+        body.setdefault("messageId", f"lib-{uuid.uuid4()}")
+        body.setdefault("timestamp", datetime.now(UTC).isoformat())
+        out = self._write_requests(
+            [Request(source, call, _dumps(body), origin="library", trusted=True)]
+        )[0]
+        raise_for(out)
+        return str(body["messageId"])
+
+    def track(
+        self,
+        event: str,
+        *,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> str:
+        return self.send(
+            "track",
+            _spec(
+                fields, event=event, userId=user_id, anonymousId=anonymous_id, properties=properties
+            ),
+        )
+
+    def identify(
+        self,
+        user_id: str | None = None,
+        *,
+        anonymous_id: str | None = None,
+        traits: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> str:
+        return self.send(
+            "identify", _spec(fields, userId=user_id, anonymousId=anonymous_id, traits=traits)
+        )
+
+    def page(
+        self,
+        name: str | None = None,
+        *,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> str:
+        return self.send(
+            "page",
+            _spec(
+                fields, name=name, userId=user_id, anonymousId=anonymous_id, properties=properties
+            ),
+        )
+
+    def screen(
+        self,
+        name: str | None = None,
+        *,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> str:
+        return self.send(
+            "screen",
+            _spec(
+                fields, name=name, userId=user_id, anonymousId=anonymous_id, properties=properties
+            ),
+        )
+
+    def group(
+        self,
+        group_id: str,
+        *,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+        traits: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> str:
+        return self.send(
+            "group",
+            _spec(
+                fields, groupId=group_id, userId=user_id, anonymousId=anonymous_id, traits=traits
+            ),
+        )
+
+    def alias(self, user_id: str, previous_id: str, **fields: Any) -> str:
+        return self.send("alias", _spec(fields, userId=user_id, previousId=previous_id))
+
+    def ingest(
+        self, events: Iterable[Mapping[str, Any]], *, source: str = "library", chunk: int = 50_000
+    ) -> ingest.Outcome:
+        """Bulk-load spec events (each with its ``type``); durable on return.
+
+        Invalid events do not stop the load: they are kept in failed events and counted in
+        the returned outcome, with their index and reasons.
+        """
+        total = ingest.Outcome()
+        batch: list[Mapping[str, Any]] = []
+        offset = 0
+
+        def flush() -> None:
+            nonlocal offset
+            body = _dumps({"batch": batch})
+            sub = Submission(
+                [Request(source, "batch", body, origin="library", trusted=True)],
+                full_dedupe=True,
+                batch_limit=False,
+            )
+            out = self.writer.write(sub)[0]
+            total.accepted += out.accepted
+            total.duplicates += out.duplicates
+            total.conflicts += out.conflicts
+            for f in out.failures:
+                total.failures.append({**f, "index": f["index"] + offset})
+            offset += len(batch)
+            batch.clear()
+
+        for event in events:
+            batch.append(event)
+            if len(batch) >= chunk:
+                flush()
+        if batch:
+            flush()
+        return total
+
+    def _write_requests(self, requests: list[Request]) -> list[ingest.Outcome]:
+        return self.writer.write(Submission(requests))
+
+    # -- reads -------------------------------------------------------------------------
+    def sql(self, query: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Run an ad-hoc read-only query on the workspace and return rows as dicts."""
+        try:
+            return self.store.query(query, params)
+        except Exception as exc:
+            if type(exc).__module__.startswith("duckdb") or "duckdb" in type(exc).__name__:
+                raise QueryError(f"The query failed: {exc}".strip()) from exc
+            raise
+
+    def table(self, name: str) -> Any:
+        """An Ibis table expression over a workspace table (``events``, ...)."""
+        return self.store.ibis.table(name)
+
+    def overview(self) -> dict[str, Any]:
+        """The numbers behind the overview page (and its JSON twin)."""
+        q = self.store.query
+        return {
+            "workspace": str(self.path),
+            "events": q(
+                "SELECT count(*) AS n, min(timestamp) AS first, max(timestamp) AS last FROM events"
+            )[0],
+            "sources": q("""
+                SELECT coalesce(s.name, e.source) AS name, s.created_at,
+                       (SELECT count(*) FROM write_keys k
+                         WHERE k.source = s.name AND k.revoked_at IS NULL) AS active_keys,
+                       coalesce(e.n, 0) AS events, e.last_received_at
+                FROM sources s FULL JOIN (
+                  SELECT source, count(*) AS n, max(received_at) AS last_received_at
+                  FROM events GROUP BY source) e ON e.source = s.name
+                ORDER BY coalesce(s.name, e.source)"""),
+            "by_type": q("SELECT type, count(*) AS n FROM events GROUP BY type ORDER BY n DESC"),
+            "by_day": q("""
+                SELECT timestamp::DATE AS day, type, count(*) AS n FROM events
+                GROUP BY ALL ORDER BY day, type"""),
+            "failed": self.failures.summary(),
+        }
+
+
+def raise_for(out: ingest.Outcome) -> None:
+    """Turn a request's outcome into the error a library caller expects."""
+    from .errors import ValidationError
+
+    if out.request_reason:
+        raise ValidationError(ingest.REASONS[out.request_reason], code=out.request_reason)
+    failed = [f for f in out.failures if f["reason_codes"] != ["message_id_conflict"]]
+    if failed:
+        msgs = "; ".join(r["message"] for r in failed[0]["reasons"])
+        raise ValidationError(
+            f"The event was rejected and kept in failed events: {msgs}", items=failed
+        )
+
+
+def _spec(fields: Mapping[str, Any], **named: Any) -> dict[str, Any]:
+    out = {k: v for k, v in named.items() if v is not None}
+    out.update(fields)
+    return out
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode()
