@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,7 @@ def campaigns() -> pa.Table:
 # --- people and behaviour --------------------------------------------------------------------
 _EXISTING, _SIGNUP, _ANON = 0, 1, 2
 _SEGMENT_P = (0.25, 0.30, 0.45)
-_WEB_SESSIONS = np.array([3.2, 2.6, 1.2])  # mean organic web sessions per segment
+_WEB_SESSIONS = np.array([5.0, 4.0, 2.4])  # mean organic web sessions per segment
 _ACQ = (("google", "cpc", "brand-search"), ("facebook", "social", "summer-prospecting"),
         ("email", "email", "partner-newsletter"), ("direct", "", ""),
         ("partner", "referral", "airline-partner"))
@@ -216,33 +217,37 @@ TRUTHS: dict[str, object] = {
 class _Events:
     """Collects events as column frames (one frame per event kind and cause)."""
 
-    COLUMNS = {"page": 0, "loc": 0, "utm": -1, "camp": -1, "chan": 0, "num": 0, "topic": 0,
-               "score": 0, "why": 0, "cls": 0, "days": 0, "cents": 0, "survey": 0, "reason": 0,
-               "fn": 0, "ln": 0, "ev": 0, "since": 0, "fb": 0, "gold": 0}
+    # column: (default, dtype); narrow types because the chunk is memory-bound, not CPU-bound
+    COLUMNS: dict[str, tuple[int, type[np.integer[Any]]]] = {
+        "k": (0, np.int8), "src": (0, np.int8), "p": (0, np.int32), "t": (0, np.int64),
+        "page": (0, np.int8), "loc": (0, np.int8), "utm": (-1, np.int8), "camp": (-1, np.int8),
+        "chan": (0, np.int8), "num": (0, np.int32), "topic": (0, np.int8), "score": (0, np.int8),
+        "why": (0, np.int8), "cls": (0, np.int8), "days": (0, np.int16), "cents": (0, np.int32),
+        "survey": (0, np.int8), "reason": (0, np.int8), "fn": (0, np.int8), "ln": (0, np.int8),
+        "ev": (0, np.int8), "since": (0, np.int16), "fb": (0, np.int32), "gold": (0, np.int8)}
     KINDS = ("page", "screen", "identify", "Campaign Sent", "Campaign Opened", "Campaign Clicked",
              "Booking Completed", "Booking Cancelled", "Offer Refused", "Ticket Opened",
              "Ticket Closed", "survey_answered")
 
     def __init__(self) -> None:
-        self.frames: list[dict[str, Arr]] = []
+        self.frames: list[dict[str, int | Arr]] = []
 
     def add(self, kind: str, src: int | Arr, p: Arr, t: Arr, **cols: int | Arr) -> None:
-        m = len(p)
-        if m:
-            frame = {"k": np.full(m, self.KINDS.index(kind), np.int8), "p": p, "t": t,
-                     "src": np.broadcast_to(np.asarray(src, np.int8), (m,))}
-            frame.update({c: np.broadcast_to(np.asarray(v, np.int64), (m,))
-                          for c, v in cols.items()})
-            self.frames.append(frame)
+        if len(p):
+            self.frames.append({"k": self.KINDS.index(kind), "src": src, "p": p, "t": t, **cols})
 
-    def columns(self) -> dict[str, Arr]:
-        out = {c: np.concatenate([f[c] for f in self.frames]) for c in ("k", "p", "t", "src")}
-        for c, default in self.COLUMNS.items():
-            out[c] = np.concatenate([f[c] if c in f else np.full(len(f["p"]), default, np.int64)
-                                     for f in self.frames])
+    def columns(self, keep: Arr | None = None) -> dict[str, Arr]:
+        """All frames as one set of columns, gathered at `keep` (indexes) if given."""
+        size = [len(f["p"]) for f in self.frames]  # type: ignore[arg-type]
+        ends = np.cumsum(size)
+        out = {}
+        for c, (default, dtype) in self.COLUMNS.items():
+            col = np.full(int(ends[-1]), default, dtype)
+            for f, end, m in zip(self.frames, ends, size, strict=True):
+                if c in f:
+                    col[end - m:end] = f[c]
+            out[c] = col if keep is None else col[keep]
         return out
-
-
 def _pick(rng: np.random.Generator, p: Arr, times: Arr, share: float) -> tuple[Arr, Arr]:
     keep = rng.random(len(p)) < share
     return p[keep], times[keep]
@@ -301,3 +306,361 @@ def _scores(rng: np.random.Generator, dist: Arr, n: int, context: str = "") -> t
     at = np.array([a for a, _ in _WHY_AT.values()])
     size = np.array([z for _, z in _WHY_AT.values()])
     return score, at[bucket] + (rng.random(n) * size[bucket]).astype(np.int64)
+
+
+def _sessions(p: Arr, t: Arr, **kw: int | Arr) -> dict[str, Arr]:
+    base = {"src": 0, "utm": -1, "land": -1, "loc": 0, "b0": 0, "nb": 1, "reps": 0, "out": 0,
+            "camp": -1}
+    base.update(kw)
+    return {"p": p, "t": t} | {k: np.broadcast_to(np.asarray(v, np.int64), p.shape).copy()
+                               for k, v in base.items()}
+
+
+def _simulate(rng: np.random.Generator, n: int) -> tuple[dict[str, Arr], dict[str, Arr]]:
+    """One chunk of `n` persons; returns (event columns, person columns). Times are ms since
+    START. Order matters: sign-ups fix who is known, that fixes campaign recipients, clicks fix
+    the campaign sessions, and organic bookings stay out of the 3 days after a click so the
+    click-to-booking rates measure the campaigns alone."""
+    ev = _Events()
+    seg = rng.choice(3, n, p=_SEGMENT_P)
+    existing, signup = seg == _EXISTING, seg == _SIGNUP
+    city = rng.integers(0, len(_CITIES), n)
+    acq = rng.choice(len(_ACQ), n, p=_ACQ_P)
+    app = (seg != _ANON) & (rng.random(n) < APP_SHARE)
+    skew = np.where(rng.random(n) < SKEWED_PERSON_SHARE, _u(rng, -3 * DAY, 2 * HOUR + 1, n), 0)
+
+    # Organic web visits: existing customers all window long, newcomers for up to a month.
+    k = np.minimum(1 + rng.poisson(_WEB_SESSIONS[seg]), 12)
+    arrive = np.where(existing, 0, _u(rng, 0, _W - DAY, n))
+    owner, start = _layout(rng, k, arrive, np.where(existing, _W, np.minimum(30 * DAY, _W - arrive)))
+    m, first = len(owner), np.cumsum(k) - k
+    signup_at = first + (rng.random(n) * k).astype(np.int64)  # the session with the sign-up
+    checkout = rng.random(m) < CHECKOUT_SHARE
+    checkout[signup_at[signup]] = False  # people sign up while browsing, then book later
+    utm = np.full(m, -1)
+    utm[first] = np.where(acq == _DIRECT, -1, acq)  # UTM parameters on the very first landing
+    web = _sessions(owner, start, utm=utm, nb=1 + rng.binomial(3, 0.5, m),
+                    reps=np.where(checkout, _loops(rng, m), 0))
+    web_end = _pages(rng, ev, web)
+
+    # The knot: a sign-up identifies itself at the end of its sign-up visit; existing customers
+    # are known from the start and identify on their first visit.
+    known_at = np.where(existing, -_NEVER, _NEVER)
+    sg, ex = np.flatnonzero(signup), np.flatnonzero(existing)
+    known_at[sg] = web_end[signup_at[sg]] + _u(rng, 5 * SEC, 40 * SEC, len(sg))
+    idp = np.concatenate([sg, ex])
+    idt = np.concatenate([known_at[sg], start[first[ex]] + 2 * SEC])
+    since = np.where(existing[idp], _u(rng, 60, 2500, len(idp)), 0)  # customer since, days
+    ev.add("identify", 0, idp, idt, fn=rng.integers(0, len(_FIRST), len(idp)),
+           ln=rng.integers(0, len(_LAST), len(idp)), since=since,
+           ev=rng.choice(4, len(idp), p=(0.80, 0.10, 0.05, 0.05)),
+           fb=-since * 86_400 + _u(rng, 0, 20 * 86_400, len(idp)), gold=rng.random(len(idp)) < 0.3)
+
+    # The app, for some known persons: screens only, from the moment they are known.
+    ap = np.flatnonzero(app)
+    a_from = np.maximum(known_at[ap], 0)
+    a_owner, a_start = _layout(rng, 1 + rng.poisson(2.5, len(ap)), a_from, _W - a_from)
+    _pages(rng, ev, _sessions(ap[a_owner], a_start, src=1,
+                              nb=2 + rng.binomial(3, 0.5, len(a_owner))))
+
+    # Campaigns go to everyone known at send time (push only to app users).
+    first_click = np.full((len(_CAMPAIGNS), n), _NEVER)
+    click_chan = np.zeros((len(_CAMPAIGNS), n), np.int64)
+    for c, camp in enumerate(_CAMPAIGNS):
+        for name in camp["channels"]:
+            ch = _CHANNELS.index(name)
+            rp = np.flatnonzero((known_at < camp["sent_at"]) & (app | (name != "push")))
+            sent = camp["sent_at"] + _u(rng, 0, 30 * MIN, len(rp))
+            ev.add("Campaign Sent", 2 + ch, rp, sent, camp=c, chan=ch)
+            open_rate, click_rate = camp["rates"][name]
+            if open_rate is None:  # SMS: no open tracking
+                cp, ct = _pick(rng, rp, sent + 30 * SEC + _u(rng, 0, HOUR, len(rp)), click_rate)
+            else:
+                op, ot = _pick(rng, rp, sent + MIN + rng.exponential(3 * HOUR, len(rp))
+                               .astype(np.int64), open_rate)
+                ev.add("Campaign Opened", 2 + ch, op, ot, camp=c, chan=ch)
+                cp, ct = _pick(rng, op, ot + 5 * SEC + _u(rng, 0, 3 * MIN, len(op)), click_rate)
+            ev.add("Campaign Clicked", 2 + ch, cp, ct, camp=c, chan=ch)
+            earlier = ct < first_click[c, cp]
+            first_click[c, cp[earlier]] = ct[earlier]
+            click_chan[c, cp[earlier]] = ch
+
+    # A click opens a web visit with the campaign's UTM parameters.
+    visits = []
+    for c in range(len(_CAMPAIGNS)):
+        cp = np.flatnonzero(first_click[c] < _NEVER)
+        q = len(cp)
+        go = rng.random(q) < _CAMPAIGN_BOOKING[c]
+        out = go.astype(np.int64)
+        if c == _DEAL:  # existing customers try the deal and are refused at payment
+            old = existing[cp]
+            go = np.where(old, rng.random(q) < _DEAL_REFUSED, go)
+            out = np.where(old, 2 * go, out)
+        visits.append(_sessions(
+            cp, first_click[c, cp] + _u(rng, 5 * SEC, 60 * SEC, q), utm=5 + 3 * c + click_chan[c, cp],
+            land=_LOCATION_PAGE if c == _FREE_DAY else 3, loc=city[cp] * len(_SITES) + _DOWNTOWN,
+            b0=np.where(go, 1, 2 if c == _FREE_DAY else 1), nb=go | (rng.random(q) < 0.5),
+            reps=np.where(go, _loops(rng, q), 0), out=out, camp=c))
+    cv = {key: np.concatenate([v[key] for v in visits]) for key in visits[0]}
+    cv_end = _pages(rng, ev, cv)
+
+    # Outcomes of checkouts: bookings, refusals, abandonment.
+    near_click = np.zeros(m, bool)
+    for c in range(len(_CAMPAIGNS)):
+        fc = first_click[c, owner]
+        near_click |= (web_end >= fc - HOUR) & (web_end <= fc + 3 * DAY + HOUR)
+    web["out"] = (checkout & (start >= known_at[owner]) & ~near_click
+                  & (rng.random(m) < ORGANIC_BOOKING)).astype(np.int64)
+    sp, s_end = np.concatenate([owner, cv["p"]]), np.concatenate([web_end, cv_end])
+    out, scamp = np.concatenate([web["out"], cv["out"]]), np.concatenate([web["camp"], cv["camp"]])
+    b = out == 1
+    bp, bt, bc, nbk = sp[b], s_end[b] + _u(rng, 10 * SEC, 60 * SEC, int(b.sum())), scamp[b], int(b.sum())
+    loc = city[bp] * len(_SITES) + rng.integers(0, len(_SITES), nbk)
+    shut = (bt < _OPEN_FROM[loc]) | (bt >= _OPEN_UNTIL[loc])
+    loc = np.where(shut, city[bp] * len(_SITES) + _AIRPORT, loc)
+    cls, days = rng.choice(len(_CLASSES), nbk, p=_CLASS_P), 1 + rng.poisson(2.0, nbk)
+    cents = np.round(days * _DAILY_EUR[cls] * rng.uniform(0.9, 1.2, nbk) * _DISCOUNT[bc + 1] * 100)
+    ev.add("Booking Completed", 0, bp, bt, loc=loc, camp=bc, num=np.arange(nbk), cls=cls,
+           days=days, cents=cents.astype(np.int64))
+    cx = np.flatnonzero(rng.random(nbk) < CANCEL_SHARE)
+    ev.add("Booking Cancelled", 0, bp[cx], bt[cx] + _u(rng, HOUR, 10 * DAY, len(cx)), loc=loc[cx],
+           num=cx, reason=rng.integers(0, len(_CANCEL_REASONS), len(cx)))
+    rf = out == 2
+    rp, rt = sp[rf], s_end[rf] + _u(rng, 5 * SEC, 30 * SEC, int(rf.sum()))
+    ev.add("Offer Refused", 0, rp, rt, camp=_DEAL)
+
+    # Support tickets: a low baseline, plus the broken promises.
+    kn = np.flatnonzero(seg != _ANON)
+    k_from = np.maximum(known_at[kn], 0)
+    fd = np.flatnonzero(first_click[_FREE_DAY] < _NEVER)
+    tickets = [
+        (*_pick(rng, kn, k_from + (rng.random(len(kn)) * (_W - k_from)).astype(np.int64),
+                TICKETS_BASELINE), -1),
+        (*_pick(rng, fd, first_click[_FREE_DAY, fd] + _u(rng, HOUR, 2 * DAY, len(fd)),
+                TICKETS_FREE_DAY), 5),
+        (*_pick(rng, rp, rt + _u(rng, HOUR, 2 * DAY, len(rp)), TICKETS_REFUSED), 6),
+    ]
+    tp = np.concatenate([x[0] for x in tickets])
+    tt = np.concatenate([x[1] for x in tickets])
+    topic = np.concatenate([np.full(len(x[0]), x[2]) for x in tickets])
+    topic = np.where(topic < 0, rng.integers(0, 5, len(tp)), topic)
+    tn = np.arange(len(tp))
+    ev.add("Ticket Opened", 5, tp, tt, num=tn, topic=topic)
+    ev.add("Ticket Closed", 5, tp, tt + _u(rng, HOUR, 72 * HOUR, len(tp)), num=tn, topic=topic)
+
+    # NPS answers, drawn so the planted differences appear (see TRUTHS).
+    deal_at = _CAMPAIGNS[_DEAL]["sent_at"]
+    sw = np.flatnonzero(first_click[_SUMMER] < _NEVER)
+    surveys = [
+        (_pick(rng, ex, _u(rng, DAY, deal_at - DAY, len(ex)), 0.35), _NPS_BASE, "", 0, -1),
+        (_pick(rng, ex, deal_at + _u(rng, DAY, 30 * DAY, len(ex)), 0.35), _NPS_DIP, "refused", 0, -1),
+        (_pick(rng, sg, known_at[sg] + _u(rng, 3 * DAY, 30 * DAY, len(sg)), 0.25), _NPS_BASE, "", 0,
+         -1),
+        (_pick(rng, fd, first_click[_FREE_DAY, fd] + _u(rng, DAY, 4 * DAY, len(fd)), 0.5),
+         _NPS_FREE_DAY, "closed", 1, _FREE_DAY),
+        (_pick(rng, sw, first_click[_SUMMER, sw] + _u(rng, DAY, 4 * DAY, len(sw)), 0.5),
+         _NPS_BASE, "", 2, _SUMMER),
+        (_pick(rng, bp, bt + _u(rng, 2 * DAY, 7 * DAY, nbk), 0.15), _NPS_BASE, "", 3, -1),
+    ]
+    for (sp_, st), dist, context, survey, camp_ in surveys:
+        score, why = _scores(rng, dist, len(sp_), context)
+        ev.add("survey_answered", 6, sp_, st, survey=survey, score=score, why=why, camp=camp_)
+
+    t = np.concatenate([f["t"] for f in ev.frames])  # the rest is gathered once, below
+    keep = np.flatnonzero((t >= 0) & (t < _W))  # the story ends with the window
+    return ev.columns(keep[rng.permutation(len(keep))]), {
+        "city": city, "skew": skew, "known_at": known_at}
+
+
+# --- JSON text -------------------------------------------------------------------------------
+def _splitmix64(x: Arr) -> Arr:
+    """A bijection on uint64, so distinct persons get distinct, random-looking device ids."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _lit(items: Any) -> str:
+    """A DuckDB list literal of strings (all text below is ours, quotes are doubled)."""
+    return "[" + ", ".join("'" + str(s).replace("'", "''") + "'" for s in items) + "]"
+
+
+def _j(obj: object) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _ts(col: str) -> str:
+    return f"strftime(make_timestamp({col} * 1000), '%Y-%m-%dT%H:%M:%S.%gZ')"
+
+
+_UTM = [f',"campaign":{_j(dict(source=s, medium=m, name=n))}' for s, m, n in _ACQ] + [
+    f',"campaign":{_j(dict(source=ch, medium="crm", name=c["id"]))}'
+    for c in _CAMPAIGNS for ch in _CHANNELS]
+_CAMP_PROPS = [_j(dict(campaign_id=c["id"], campaign_name=c["name"], channel=ch, offer=c["offer"]))
+               for c in _CAMPAIGNS for ch in _CHANNELS]
+_DEVICES = [',"app":{"name":"Bowknot Rentals","version":"3.2.1"},"device":{"type":"%s"}' % d
+            for d in ("ios", "android")]
+_EMAIL_NAME = "lower(strip_accents(replace(replace({0}, ' ', ''), '''', '')))"
+_PAYLOAD_SQL = """
+WITH x AS (
+  SELECT *, CASE WHEN k = 0 THEN CASE WHEN page = 6 THEN '/locations/' || {locs}[loc + 1]
+            ELSE {pages}[page + 1] END END AS path,
+    CASE WHEN k = 2 THEN {first}[fn + 1] END AS first, CASE WHEN k = 2 THEN {last}[ln + 1] END AS last
+  FROM chunk
+), y AS (
+  SELECT *, CASE WHEN k = 2 THEN concat({ef}, '.', {el}, pid, '@', {domains}[pid % 3 + 1]) END AS email
+  FROM x
+)
+SELECT {head} '"type":"', {types}[k + 1], '","messageId":"demo-{seed}-', mid, '"',
+  CASE aidk WHEN 1 THEN concat(',"anonymousId":"', printf('%016x', aid), '"')
+            WHEN 2 THEN concat(',"anonymousId":"', printf('%016x', aid), '"') END,
+  CASE WHEN uid THEN concat(',"userId":"u_', pid, '"') END,
+  CASE WHEN k = 0 THEN concat(',"name":"', {page_names}[page + 1], '"')
+       WHEN k = 1 THEN concat(',"name":"', {screens}[page + 1], '"')
+       WHEN k >= 3 THEN concat(',"event":"', {kinds}[k + 1], '"') END,
+  CASE k
+    WHEN 2 THEN concat(',"traits":', to_json(CASE WHEN since > 0 THEN struct_pack(
+      email := CASE ev WHEN 0 THEN email WHEN 1 THEN concat(strip_accents(first), '.',
+          strip_accents(replace(replace(last, ' ', ''), '''', '')), pid, '@Example.com')
+          WHEN 2 THEN concat(' ', email, ' ') ELSE upper(email) END,
+      name := first || ' ' || last, phone := {phone}, city := {cities}[city + 1],
+      plan := CASE WHEN gold = 1 THEN 'gold' ELSE 'standard' END,
+      customer_since := (DATE '2026-07-01' - since::INTEGER)::VARCHAR,
+      first_booking_at := {fb_ts}) END),
+      CASE WHEN since = 0 THEN to_json(struct_pack(
+      email := CASE ev WHEN 2 THEN concat(' ', email, ' ') WHEN 3 THEN upper(email) ELSE email END,
+      name := first || ' ' || last, phone := {phone}, city := {cities}[city + 1],
+      plan := 'standard')) END)
+    WHEN 0 THEN concat(',"properties":{{"path":"', path, '","url":"https://rentals.example', path,
+                       '"}}')
+    WHEN 1 THEN ',"properties":{{}}'
+    WHEN 6 THEN concat(',"properties":{{"booking_id":"bk-{chunk}-', num, '","location_id":"',
+      {locs}[loc + 1], '","revenue":', (cents / 100)::DECIMAL(14, 2), ',"currency":"EUR","days":',
+      days, ',"car_class":"', {classes}[cls + 1], '"',
+      CASE WHEN camp >= 0 THEN concat(',"campaign_id":"', {camp_ids}[camp + 1], '"') END, '}}')
+    WHEN 7 THEN concat(',"properties":{{"booking_id":"bk-{chunk}-', num, '","location_id":"',
+      {locs}[loc + 1], '","reason":"', {cancel}[reason + 1], '"}}')
+    WHEN 8 THEN concat(',"properties":{{"campaign_id":"', {camp_ids}[camp + 1], '","offer":"',
+      {offers}[camp + 1], '","reason":"not_eligible"}}')
+    WHEN 9 THEN concat(',"properties":{{"ticket_id":"tk-{chunk}-', num, '","topic":"',
+      {topics}[topic + 1], '"}}')
+    WHEN 10 THEN concat(',"properties":{{"ticket_id":"tk-{chunk}-', num, '","topic":"',
+      {topics}[topic + 1], '"}}')
+    WHEN 11 THEN concat(',"properties":{{"survey_id":"', {surveys}[survey + 1],
+      '","kind":"nps","score":', score, ',"why":', {whys}[why + 1],
+      CASE WHEN camp >= 0 THEN concat(',"campaign_id":"', {camp_ids}[camp + 1], '"') END, '}}')
+    ELSE concat(',"properties":', {camp_props}[camp * 3 + chan + 1])
+  END,
+  ',"context":{{"library":{{"name":"bowknot-demo","version":"1.0"}},"timezone":"',
+  {tzs}[city + 1], '"',
+  CASE WHEN k = 0 THEN concat(',"page":{{"path":"', path, '","url":"https://rentals.example',
+                              path, '"}}') END,
+  CASE WHEN utm >= 0 THEN {utms}[utm + 1] END,
+  CASE WHEN src = 1 THEN {devices}[pid % 2 + 1] END,
+  '}},"originalTimestamp":"', {os}, '","sentAt":"', {ss}, '","receivedAt":"', {rs}, '"}}{tail}')
+  AS {out}
+FROM y
+"""
+
+
+def _payload_sql(seed: int, chunk: int, jsonl: bool) -> str:
+    srcs = _lit(TRUTHS["sources"])  # type: ignore[arg-type]
+    return _PAYLOAD_SQL.format(
+        seed=seed, chunk=chunk, locs=_lit(_LOC_IDS), pages=_lit(_PAGES), first=_lit(_FIRST),
+        last=_lit(_LAST), ef=_EMAIL_NAME.format("first"), el=_EMAIL_NAME.format("last"),
+        domains=_lit(("example.com", "example.org", "example.net")),
+        types=_lit(["page", "screen", "identify"] + ["track"] * 9),
+        page_names=_lit(_PAGE_NAMES), screens=_lit(_SCREENS), kinds=_lit(_Events.KINDS),
+        phone="concat('+', {cc}[city + 1], ' 6', lpad(((pid * 7919 + {seed}) % 100000000)"
+              "::VARCHAR, 8, '0'))".format(cc=_lit(c[3] for c in _CITIES), seed=seed),
+        cities=_lit(c[1] for c in _CITIES), tzs=_lit(c[2] for c in _CITIES),
+        fb_ts=_ts(f"(fb::BIGINT * 1000 + {_T0})"), classes=_lit(_CLASSES), camp_ids=_lit(c["id"] for c in _CAMPAIGNS),
+        cancel=_lit(_CANCEL_REASONS), offers=_lit(c["offer"] for c in _CAMPAIGNS),
+        topics=_lit(_TOPICS), surveys=_lit(_SURVEYS), whys=_lit(_j(w) for w in _WHY_FLAT),
+        camp_props=_lit(_CAMP_PROPS), utms=_lit(_UTM), devices=_lit(_DEVICES),
+        os=_ts("os"), ss=_ts("ss"), rs=_ts("rs"),
+        head=f"concat('{{\"source\":\"', {srcs}[src + 1], '\",'," if jsonl else
+        f"{srcs}[src + 1] AS source, concat('{{',",
+        tail="\n" if jsonl else "", out="line" if jsonl else "payload")
+
+
+def _chunk_columns(seed: int, chunk: int, n: int) -> pa.Table:
+    rng = np.random.default_rng([seed, chunk])
+    cols, people = _simulate(rng, n)
+    m = len(cols["t"])  # shuffled within the chunk already, as an ingest would see them
+    p, src, t = cols.pop("p"), cols["src"], cols.pop("t")
+    client = src <= 1  # web and app carry the device clock; servers' clocks are right
+    off = np.where(client, people["skew"][p], 0)
+    delay = np.where(rng.random(m) < LATE_EVENT_SHARE, _u(rng, HOUR, 2 * DAY + 1, m),
+                     _u(rng, 0, 5 * SEC + 1, m))
+    pid = chunk * CHUNK_PERSONS + p
+    cols |= {
+        "os": _T0 + t + off, "ss": _T0 + t + delay + off,
+        "rs": _T0 + t + delay + _u(rng, 0, 301, m),  # receivedAt - (sentAt - orig) = t + <=0.3 s
+        "uid": ~client | (t >= people["known_at"][p]), "pid": pid, "city": people["city"][p],
+        "aidk": np.where(src <= 1, src + 1, 0), "true_ms": _T0 + t,
+        "aid": _splitmix64((np.uint64(seed) << np.uint64(40))
+                           ^ (pid.astype(np.uint64) << np.uint64(1)) ^ (src == 1)),
+    }
+    return pa.table(cols)
+
+
+def person_count(events: int) -> int:
+    """How many persons `generate(events)` simulates."""
+    return max(1, round(events / EVENTS_PER_PERSON))
+
+
+def _frames(events: int, seed: int) -> Iterator[pa.Table]:
+    """The simulated columns, chunk by chunk, each with its first message number."""
+    if events < 1 or seed < 0:
+        raise ValueError(f"demo needs events >= 1 and seed >= 0 (got events={events}, "
+                         f"seed={seed}); pass e.g. events=10_000, seed=7")
+    persons = person_count(events)
+    sizes = [min(CHUNK_PERSONS, persons - c) for c in range(0, persons, CHUNK_PERSONS)]
+    with ThreadPoolExecutor(1) as pool:
+        # Simulating chunk i + 1 (numpy) while DuckDB renders chunk i keeps both cores busy.
+        pending = pool.submit(_chunk_columns, seed, 0, sizes[0])
+        first_message = 0
+        for chunk in range(len(sizes)):
+            cols = pending.result()
+            if chunk + 1 < len(sizes):
+                pending = pool.submit(_chunk_columns, seed, chunk + 1, sizes[chunk + 1])
+            mid = pa.array(first_message + np.arange(cols.num_rows, dtype=np.int64))
+            first_message += cols.num_rows
+            yield cols.append_column("mid", mid)
+
+
+def _render(events: int, seed: int, jsonl: bool) -> Iterator[pa.Table]:
+    con = duckdb.connect()
+    try:
+        for chunk, cols in enumerate(_frames(events, seed)):
+            con.register("chunk", cols)
+            # A plain projection: DuckDB keeps the input order, so the output is deterministic.
+            yield con.sql(_payload_sql(seed, chunk, jsonl)).to_arrow_table()
+            con.unregister("chunk")
+    finally:
+        con.close()
+
+
+def generate(events: int = 10_000, seed: int = 7) -> Iterator[pa.Table]:
+    """Yield the demo story in chunks: pyarrow Tables with `source` and `payload` (Segment-spec
+    JSON text) columns, rows shuffled within a chunk. About `events` rows in all (within 10 %)."""
+    for table in _render(events, seed, jsonl=False):
+        yield table.cast(pa.schema([("source", pa.string()), ("payload", pa.string())]))
+
+
+def write_jsonl(path: str | Path, events: int = 10_000, seed: int = 7) -> int:
+    """Write the story as JSON Lines (each payload with an extra top-level "source"), chunk by
+    chunk; return the number of rows written."""
+    rows = 0
+    with open(path, "wb") as f:
+        for table in _render(events, seed, jsonl=True):
+            for arr in table.column("line").chunks:
+                # The lines already end in "\n": write the string data buffer as it is.
+                width = 8 if pa.types.is_large_string(arr.type) else 4
+                offsets = np.frombuffer(arr.buffers()[1], f"<i{width}", len(arr) + 1,
+                                        arr.offset * width)
+                f.write(memoryview(arr.buffers()[2])[int(offsets[0]):int(offsets[-1])])
+                rows += len(arr)
+    return rows

@@ -50,6 +50,7 @@ REQUEST_CHECK_SQL = """
 CREATE OR REPLACE TEMP TABLE req_checked AS
 SELECT r.*,
        CASE
+         WHEN call = 'invalid_encoding' THEN 'invalid_encoding'
          WHEN NOT json_valid(body) THEN 'invalid_json'
          WHEN call = 'batch' AND json_type(body) <> 'OBJECT' THEN 'not_an_object'
          WHEN call = 'batch' AND coalesce(json_type(body, '$.batch'), '') <> 'ARRAY'

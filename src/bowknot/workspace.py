@@ -201,6 +201,22 @@ class Workspace:
                 raise QueryError(f"The query failed: {exc}".strip()) from exc
             raise
 
+    def read_sql(self, query: str) -> list[dict[str, Any]]:
+        """Run one read-only statement (SELECT, WITH, DESCRIBE, SUMMARIZE, EXPLAIN)."""
+        import duckdb
+
+        try:
+            statements = duckdb.extract_statements(query)
+        except duckdb.Error as exc:
+            raise QueryError(f"The query does not parse: {exc}") from exc
+        allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+        if len(statements) != 1 or statements[0].type not in allowed:
+            raise QueryError(
+                "Only one read-only statement (SELECT, WITH, DESCRIBE, SUMMARIZE, EXPLAIN) "
+                "is allowed here; writes go through ingestion and the CLI's commands."
+            )
+        return self.sql(query)
+
     def table(self, name: str) -> Any:
         """An Ibis table expression over a workspace table (``events``, ...)."""
         return self.store.ibis.table(name)

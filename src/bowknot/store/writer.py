@@ -224,7 +224,13 @@ class Writer:
         con.unregister("requests")
         if items_in:
             con.register("items_in", items_in[0])
-            run(con, "INSERT INTO items SELECT * FROM items_in")
+            # File lines arrive with their line ending still attached (zero-copy split).
+            run(
+                con,
+                "INSERT INTO items SELECT * REPLACE (rtrim(raw, chr(13) || chr(10)) AS raw, "
+                "coalesce(received_at, ?::TIMESTAMP) AS received_at) FROM items_in",
+                [now],
+            )
             con.unregister("items_in")
         for sql in (
             ingest.NORMALIZE_SQL,

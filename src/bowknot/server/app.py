@@ -1,0 +1,57 @@
+"""The FastAPI application: a thin shell over one Workspace."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import BowknotError, Overloaded
+from ..workspace import Workspace
+from . import admin, ingest, pages
+
+
+def error_response(status: int, code: str, message: str, **extra: object) -> JSONResponse:
+    """The one JSON error shape: ``{"error": {"code", "message", ...}}``."""
+    return JSONResponse({"error": {"code": code, "message": message, **extra}},
+                        status_code=status)
+
+
+def create_app(ws: Workspace) -> FastAPI:
+    app = FastAPI(
+        title="bowknot",
+        version=__version__,
+        description="Segment-compatible event collection and the bowknot admin API. "
+        "Collection endpoints take a source write key as the HTTP Basic username; every "
+        "other endpoint takes an admin token as `Authorization: Bearer <token>`.",
+    )
+    app.state.ws = ws
+
+    @app.exception_handler(BowknotError)
+    async def bowknot_error(request: Request, exc: BowknotError) -> JSONResponse:
+        resp = error_response(exc.status, exc.code, exc.message, **exc.details)
+        if isinstance(exc, Overloaded):
+            resp.headers["Retry-After"] = str(exc.retry_after)
+        if exc.status == 401:
+            resp.headers["WWW-Authenticate"] = "Basic" if request.url.path.startswith(
+                tuple(f"/v1/{c}" for c in ("track", "identify", "page", "screen", "group",
+                                           "alias", "batch"))) else "Bearer"
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        items = [{"location": list(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        return error_response(422, "invalid_request",
+                              "The request does not match the API: see items.", items=items)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    app.include_router(ingest.router)
+    app.include_router(admin.router)
+    app.include_router(pages.router)
+    return app

@@ -1,0 +1,143 @@
+"""Segment-compatible collection: ``POST /v1/{track,identify,page,screen,group,alias,batch}``.
+
+Authentication is Segment's: the source's write key as the HTTP Basic username (or a
+``writeKey`` field in the body). Bodies may be gzip-encoded. A request is answered only after
+its events are durable; the answer says, per item, what was rejected and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import zlib
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from .. import ingest
+from ..errors import AuthError, BowknotError, PayloadTooLarge
+from ..store.writer import Request as WriteRequest
+from ..store.writer import Submission
+from ..workspace import Workspace
+from .schemas import INGEST_OPENAPI
+
+router = APIRouter(tags=["collection"])
+
+REQUEST_STATUS = {"too_many_events": 413, "request_too_large": 413}
+
+
+def _write_key(request: Request, body: bytes) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header[:6].lower() == "basic ":
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.split(":", 1)[0] or None
+    # Segment also accepts the key inside the JSON body; only then is the body parsed here.
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    key = value.get("writeKey") if isinstance(value, dict) else None
+    return key if isinstance(key, str) else None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, gunzipped, refusing anything larger than ``limit`` bytes.
+
+    Reading stops at the limit, so a huge or gzip-bomb body costs at most ``limit`` bytes.
+    """
+    gzipped = "gzip" in request.headers.get("content-encoding", "").lower()
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+    out = bytearray()
+    async for chunk in request.stream():
+        if inflater is not None:
+            try:
+                chunk = inflater.decompress(chunk, limit + 1 - len(out))
+            except zlib.error as exc:
+                raise BowknotError(
+                    f"The body is marked gzip but is not valid gzip ({exc}); send it "
+                    "uncompressed or fix the encoding.",
+                    code="invalid_gzip",
+                ) from None
+        out += chunk
+        if len(out) > limit:
+            raise PayloadTooLarge(
+                f"The request body is larger than {limit} bytes (max_request_bytes); send "
+                "smaller batches."
+            )
+    return bytes(out)
+
+
+async def _collect(request: Request, call: str) -> JSONResponse:
+    ws: Workspace = request.app.state.ws
+    settings = ws.settings
+    body = await _read_body(request, settings.max_request_bytes)
+    key = _write_key(request, body)
+    source = ws.access.source_for_key(key) if key else None
+    if source is None:
+        raise AuthError(
+            "Missing or unknown write key. Send the source's write key as the HTTP Basic "
+            "username (`bowknot sources create NAME` makes one)."
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        # Keep what was sent (as well as it can be shown) and say why it was refused.
+        text = body.decode("utf-8", "replace")
+        call = "invalid_encoding"
+    sub = Submission([WriteRequest(source, call, text)])
+    future = ws.writer.submit(sub)  # raises Overloaded -> 429 with Retry-After
+    out = (await asyncio.wrap_future(future))[0]
+    return _answer(out)
+
+
+def _answer(out: ingest.Outcome) -> JSONResponse:
+    counts = {"accepted": out.accepted, "duplicates": out.duplicates, "conflicts": out.conflicts}
+    if out.request_reason:
+        code = out.request_reason
+        return JSONResponse(
+            {"error": {"code": code, "message": ingest.REASONS.get(code, code) +
+                       " The request was kept in failed events.", **counts}},
+            status_code=REQUEST_STATUS.get(code, 400),
+        )
+    rejected = [f for f in out.failures if f["reason_codes"] != ["message_id_conflict"]]
+    if rejected:
+        items = [{"index": f["index"], "reasons": f["reasons"]} for f in rejected]
+        return JSONResponse(
+            {"error": {
+                "code": "invalid_events",
+                "message": f"{len(rejected)} event(s) were rejected and kept in failed events "
+                           f"(`bowknot failed list`); {out.accepted} were stored. Fix them as "
+                           "each item's reasons say and send them again.",
+                "items": items, **counts}},
+            status_code=400,
+        )
+    return JSONResponse({"success": True, **counts})
+
+
+def _make(call: str) -> Any:
+    async def endpoint(request: Request) -> JSONResponse:
+        return await _collect(request, call)
+
+    endpoint.__name__ = f"collect_{call}"
+    endpoint.__doc__ = (
+        f"Collect {'a batch of events' if call == 'batch' else 'one ' + call + ' call'} "
+        "(Segment HTTP API compatible). Answers after the events are durable."
+    )
+    return endpoint
+
+
+for _call in (*ingest.CALLS, "batch"):
+    router.add_api_route(
+        f"/v1/{_call}", _make(_call), methods=["POST"], summary=f"Collect: {_call}",
+        openapi_extra=INGEST_OPENAPI[_call],
+        responses={400: {"description": "Invalid events; per-item reasons"},
+                   401: {"description": "Missing or unknown write key"},
+                   413: {"description": "Request too large or too many events"},
+                   429: {"description": "Busy; retry after Retry-After seconds"}},
+    )

@@ -1,0 +1,96 @@
+"""Server-rendered pages; each has a JSON twin (``/overview`` and ``/overview.json``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from ..workspace import Workspace
+from .auth import COOKIE, is_admin, require_admin
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+router = APIRouter(include_in_schema=False)
+
+
+def _ws(request: Request) -> Workspace:
+    ws: Workspace = request.app.state.ws
+    return ws
+
+
+def _signin_redirect() -> RedirectResponse:
+    return RedirectResponse("/signin", status_code=303)
+
+
+@router.get("/")
+async def home() -> RedirectResponse:
+    return RedirectResponse("/overview", status_code=303)
+
+
+@router.get("/overview", response_class=HTMLResponse)
+async def overview(request: Request) -> Response:
+    if not is_admin(request):
+        return _signin_redirect()
+    data = await run_in_threadpool(_ws(request).overview)
+    days = sorted({str(r["day"]) for r in data["by_day"]})
+    types = sorted({r["type"] for r in data["by_day"]})
+    grid: dict[str, dict[str, int]] = {d: dict.fromkeys(types, 0) for d in days}
+    for r in data["by_day"]:
+        grid[str(r["day"])][r["type"]] = r["n"]
+    peak = max((sum(v.values()) for v in grid.values()), default=0) or 1
+    return templates.TemplateResponse(
+        request, "overview.html",
+        {"data": data, "days": days, "types": types, "grid": grid, "peak": peak},
+    )
+
+
+@router.get("/overview.json")
+async def overview_json(request: Request) -> JSONResponse:
+    require_admin(request)
+    data: dict[str, Any] = await run_in_threadpool(_ws(request).overview)
+    from fastapi.encoders import jsonable_encoder
+
+    return JSONResponse(jsonable_encoder(data))
+
+
+@router.get("/signin", response_class=HTMLResponse)
+async def signin_page(request: Request, token: str | None = None) -> Response:
+    if token:
+        return await _sign_in(request, token)
+    return templates.TemplateResponse(request, "signin.html", {"error": None})
+
+
+@router.post("/signin", response_class=HTMLResponse)
+async def signin_form(request: Request, token: str = Form(...)) -> Response:
+    return await _sign_in(request, token)
+
+
+async def _sign_in(request: Request, token: str) -> Response:
+    ws = _ws(request)
+    session = await run_in_threadpool(ws.access.open_session, token.strip(),
+                                      ws.settings.session_hours)
+    if session is None:
+        return templates.TemplateResponse(
+            request, "signin.html",
+            {"error": "That token is unknown or revoked. Make one with "
+                      "`bowknot tokens create NAME`."},
+            status_code=401)
+    # Redirect so the token leaves the address bar and the history.
+    resp = RedirectResponse("/overview", status_code=303)
+    resp.set_cookie(COOKIE, session, max_age=ws.settings.session_hours * 3600, httponly=True,
+                    samesite="lax", secure=ws.settings.cookie_secure)
+    return resp
+
+
+@router.post("/signout")
+async def signout(request: Request) -> RedirectResponse:
+    session = request.cookies.get(COOKIE)
+    if session:
+        await run_in_threadpool(_ws(request).access.close_session, session)
+    resp = _signin_redirect()
+    resp.delete_cookie(COOKIE)
+    return resp
