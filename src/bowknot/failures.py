@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -26,13 +27,13 @@ class Failures:
         self._ws = ws
 
     @staticmethod
-    def _params(ids: list[int] | None, reason: str | None, source: str | None) -> list[Any]:
+    def _params(ids: builtins.list[int] | None, reason: str | None, source: str | None) -> list[Any]:
         return [ids, ids, reason, reason, source, source]
 
     def list(
         self,
         *,
-        ids: list[int] | None = None,
+        ids: builtins.list[int] | None = None,
         reason: str | None = None,
         source: str | None = None,
         limit: int = 100,
@@ -46,7 +47,7 @@ class Failures:
             row["reasons"] = ingest.describe(row["reasons"])
         return rows
 
-    def summary(self) -> list[dict[str, Any]]:
+    def summary(self) -> builtins.list[dict[str, Any]]:
         return self._ws.store.query("""
             SELECT reason, count(*) AS n, max(received_at) AS last_received_at
             FROM (SELECT unnest(reasons) AS reason, received_at FROM failed_events
@@ -56,7 +57,7 @@ class Failures:
     def replay(
         self,
         *,
-        ids: list[int] | None = None,
+        ids: builtins.list[int] | None = None,
         reason: str | None = None,
         source: str | None = None,
         new_message_ids: bool = False,
@@ -110,7 +111,7 @@ class Failures:
             "replay_load_id = ? WHERE list_contains(?, failure_id)",
             [load_id, chosen],
         )
-        total = {
+        total: dict[str, Any] = {
             "replayed": len(chosen),
             "accepted": 0,
             "duplicates": 0,

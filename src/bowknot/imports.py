@@ -78,7 +78,7 @@ def _items(lines: pa.Array, first_line: np.ndarray[Any, Any] | int, source: str,
     )
 
 
-def _jsonl_chunks(stream: IO[bytes], chunk_bytes: int
+def _jsonl_chunks(stream: Any, chunk_bytes: int
                   ) -> Iterator[tuple[pa.Array, np.ndarray[Any, Any], int]]:
     """Yield (lines, line_numbers, bytes_read) for non-blank lines, chunk by chunk."""
     carry = b""
@@ -149,9 +149,12 @@ def import_file(ws: Workspace, path: str | Path, *, source: str = "import",
 
 def _jsonl(path: Path, chunk_bytes: int
            ) -> Iterator[tuple[pa.Array, np.ndarray[Any, Any], int]]:
-    opener: Callable[..., IO[bytes]] = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as stream:
-        yield from _jsonl_chunks(stream, chunk_bytes)
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "rb") as zipped:
+            yield from _jsonl_chunks(zipped, chunk_bytes)
+    else:
+        with open(path, "rb") as plain:
+            yield from _jsonl_chunks(plain, chunk_bytes)
 
 
 def _tabular(ws: Workspace, path: Path, fmt: str

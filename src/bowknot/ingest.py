@@ -134,7 +134,10 @@ SELECT
            OR (sent_text IS NOT NULL AND sent_ts IS NULL)
            OR (recv_text IS NOT NULL AND recv_ts IS NULL) THEN 'invalid_timestamp' END
   ], lambda x: x IS NOT NULL) AS reasons,
-  coalesce(s[2], 'bk-' || uuid()::VARCHAR) AS message_id,
+  -- A missing messageId is assigned: from the content for trusted loads (so re-importing a
+  -- file is a no-op), at random for live traffic (two identical clicks are two events).
+  coalesce(s[2], 'bk-' || CASE WHEN trusted THEN md5(raw) ELSE uuid()::VARCHAR END)
+    AS message_id,
   type_ AS type, s[5] AS event, s[6] AS name,
   s[3] AS anonymous_id, s[4] AS user_id, s[7] AS group_id, s[8] AS previous_id,
   -- Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp).

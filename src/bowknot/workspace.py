@@ -5,15 +5,15 @@ The CLI, the HTTP API and the pages are thin shells over it.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from . import ingest
+from .ingest import CALLS, REASONS, Outcome
 from .access import Access
 from .errors import BowknotError, QueryError
 from .failures import Failures
@@ -58,9 +58,9 @@ class Workspace:
 
         The event is durable when this returns.
         """
-        if call not in ingest.CALLS:
+        if call not in CALLS:
             raise BowknotError(
-                f"Unknown call {call!r}; use one of {', '.join(ingest.CALLS)}.",
+                f"Unknown call {call!r}; use one of {', '.join(CALLS)}.",
                 code="invalid_type",
             )
         body = dict(payload)
@@ -153,13 +153,13 @@ class Workspace:
 
     def ingest(
         self, events: Iterable[Mapping[str, Any]], *, source: str = "library", chunk: int = 50_000
-    ) -> ingest.Outcome:
+    ) -> Outcome:
         """Bulk-load spec events (each with its ``type``); durable on return.
 
         Invalid events do not stop the load: they are kept in failed events and counted in
         the returned outcome, with their index and reasons.
         """
-        total = ingest.Outcome()
+        total = Outcome()
         batch: list[Mapping[str, Any]] = []
         offset = 0
 
@@ -188,7 +188,7 @@ class Workspace:
             flush()
         return total
 
-    def _write_requests(self, requests: list[Request]) -> list[ingest.Outcome]:
+    def _write_requests(self, requests: list[Request]) -> list[Outcome]:
         return self.writer.write(Submission(requests))
 
     # -- reads -------------------------------------------------------------------------
@@ -246,12 +246,12 @@ class Workspace:
         }
 
 
-def raise_for(out: ingest.Outcome) -> None:
+def raise_for(out: Outcome) -> None:
     """Turn a request's outcome into the error a library caller expects."""
     from .errors import ValidationError
 
     if out.request_reason:
-        raise ValidationError(ingest.REASONS[out.request_reason], code=out.request_reason)
+        raise ValidationError(REASONS[out.request_reason], code=out.request_reason)
     failed = [f for f in out.failures if f["reason_codes"] != ["message_id_conflict"]]
     if failed:
         msgs = "; ".join(r["message"] for r in failed[0]["reasons"])

@@ -16,7 +16,7 @@ def is_admin(request: Request) -> bool:
     if header[:7].lower() == "bearer ":
         return ws.access.verify_token(header[7:].strip())
     session = request.cookies.get(COOKIE)
-    return bool(session) and ws.access.verify_session(session)
+    return session is not None and ws.access.verify_session(session)
 
 
 def require_admin(request: Request) -> None:

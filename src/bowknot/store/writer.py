@@ -8,9 +8,9 @@ returned, and DuckDB syncs its write-ahead log on commit, so an acknowledged eve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -167,10 +167,8 @@ class Writer:
                 outcomes = self._commit(con, group)
             except BaseException as exc:  # every waiter must hear back, whatever happened
                 log.exception("group commit failed")
-                try:
+                with contextlib.suppress(Exception):  # no transaction may be open
                     run(con, "ROLLBACK")
-                except Exception:  # noqa: S110 - no transaction open
-                    pass
                 for sub in group:
                     sub.future.set_exception(exc)
                 continue
@@ -261,9 +259,9 @@ class Writer:
         result: list[list[ingest.Outcome]] = []
         for start, end in spans:
             outs = []
-            for r in range(start, end):
-                acc, dup, conf = summary.get(r, (0, 0, 0))
-                fails = failures.get(r, [])
+            for i in range(start, end):
+                acc, dup, conf = summary.get(i, (0, 0, 0))
+                fails = failures.get(i, [])
                 out = ingest.Outcome(acc, dup, conf, load_id=load_id)
                 for pos, reasons in fails:
                     if pos is None:

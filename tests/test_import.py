@@ -1,0 +1,101 @@
+"""File import: JSON Lines, CSV and Parquet; bad rows kept with their line numbers."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import bowknot
+from bowknot.imports import import_file
+
+
+def jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def ev(i: int, **kw: object) -> str:
+    return json.dumps({"type": "track", "event": "A", "userId": f"u{i}",
+                       "messageId": f"m{i}", "timestamp": "2026-07-01T00:00:00Z", **kw})
+
+
+def test_jsonl_bad_rows_keep_line_numbers(ws: bowknot.Workspace, tmp_path: Path) -> None:
+    f = jsonl(tmp_path / "e.jsonl", [ev(1), "", "{broken", ev(2, event=""), ev(3), "[1,2]"])
+    r = import_file(ws, f)
+    assert (r.rows, r.accepted, r.failed) == (5, 2, 3)
+    kept = {x["position"]: [c["code"] for c in x["reasons"]] for x in ws.failures.list()}
+    assert kept == {3: ["invalid_json"], 4: ["missing_event"], 6: ["not_an_object"]}
+    assert {x["file"] for x in ws.failures.list()} == {"e.jsonl"}
+
+
+def test_reimport_is_idempotent(ws: bowknot.Workspace, tmp_path: Path) -> None:
+    f = jsonl(tmp_path / "e.jsonl", [ev(i) for i in range(100)])
+    assert import_file(ws, f).accepted == 100
+    again = import_file(ws, f)
+    assert (again.accepted, again.duplicates) == (0, 100)
+
+
+def test_small_chunks_and_crlf_and_gzip(tmp_path: Path) -> None:
+    lines = [ev(i) for i in range(500)]
+    f = tmp_path / "e.jsonl.gz"
+    f.write_bytes(gzip.compress("\r\n".join(lines).encode()))  # no final newline
+    with bowknot.connect(tmp_path / "w.duckdb", import_chunk_bytes=1000) as ws:
+        r = import_file(ws, f)
+        assert (r.rows, r.accepted, r.failed) == (500, 500, 0)
+        assert ws.sql("SELECT count(DISTINCT user_id) AS n FROM events")[0]["n"] == 500
+
+
+def test_unicode_and_source_field(ws: bowknot.Workspace, tmp_path: Path) -> None:
+    f = jsonl(tmp_path / "e.jsonl", [
+        json.dumps({"type": "identify", "userId": "u1", "source": "crm",
+                    "traits": {"name": "مریم", "city": "กรุงเทพ"}}, ensure_ascii=False)])
+    assert import_file(ws, f).accepted == 1
+    row = ws.sql("SELECT source, traits FROM events")[0]
+    assert row["source"] == "crm" and "مریم" in row["traits"] and "กรุงเทพ" in row["traits"]
+
+
+def test_csv_rows_become_spec_events(ws: bowknot.Workspace, tmp_path: Path) -> None:
+    f = tmp_path / "e.csv"
+    f.write_text(
+        "type,event,userId,messageId,timestamp,revenue,context.ip\n"
+        "track,Booking Completed,u1,c1,2026-07-01T10:00:00Z,12.5,10.0.0.1\n"
+        "track,,u2,c2,2026-07-01T10:00:00Z,,\n"
+        "track,Booking Completed,u3,c3,2026-07-01T10:00:00Z,7,10.0.0.3\n")
+    r = import_file(ws, f)
+    assert (r.accepted, r.failed) == (2, 1)
+    row = ws.sql("SELECT properties, context FROM events WHERE message_id = 'c1'")[0]
+    assert json.loads(row["properties"]) == {"revenue": 12.5}
+    assert json.loads(row["context"]) == {"ip": "10.0.0.1"}
+    [bad] = ws.failures.list()
+    assert bad["position"] == 3 and bad["reasons"][0]["code"] == "missing_event"
+
+
+def test_malformed_csv_line_is_kept(ws: bowknot.Workspace, tmp_path: Path) -> None:
+    f = tmp_path / "e.csv"
+    f.write_text("type,event,userId\ntrack,A,u1\ntrack,A,u2,extra,cells\ntrack,B,u3\n")
+    r = import_file(ws, f)
+    assert r.accepted == 2 and r.failed == 1
+    [bad] = ws.failures.list()
+    assert bad["position"] == 3 and "extra" in bad["raw"]
+
+
+def test_parquet(ws: bowknot.Workspace, tmp_path: Path) -> None:
+    f = tmp_path / "e.parquet"
+    duckdb.sql(
+        "SELECT 'track' AS type, 'A' AS event, 'u' || i AS userId, 'p' || i AS messageId, "
+        "CASE WHEN i = 4 THEN NULL ELSE 'a' END AS anonymousId "
+        "FROM range(10) t(i)").write_parquet(str(f))
+    r = import_file(ws, f)
+    assert (r.accepted, r.failed) == (10, 0)
+    assert ws.sql("SELECT count(*) AS n FROM events WHERE anonymous_id IS NULL")[0]["n"] == 1
+
+
+def test_unknown_format_says_what_to_do(ws: bowknot.Workspace, tmp_path: Path) -> None:
+    f = tmp_path / "e.txt"
+    f.write_text("x")
+    with pytest.raises(bowknot.BowknotError, match="--format"):
+        import_file(ws, f)
