@@ -27,7 +27,9 @@ class Failures:
         self._ws = ws
 
     @staticmethod
-    def _params(ids: builtins.list[int] | None, reason: str | None, source: str | None) -> list[Any]:
+    def _params(
+        ids: builtins.list[int] | None, reason: str | None, source: str | None
+    ) -> builtins.list[Any]:
         return [ids, ids, reason, reason, source, source]
 
     def list(

@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from .ingest import CALLS, REASONS, Outcome
 from .access import Access
 from .errors import BowknotError, QueryError
 from .failures import Failures
+from .ingest import CALLS, REASONS, Outcome
 from .settings import Settings
 from .store import Store, Writer
 from .store.writer import Request, Submission
