@@ -99,3 +99,15 @@ def test_unknown_format_says_what_to_do(ws: bowknot.Workspace, tmp_path: Path) -
     f.write_text("x")
     with pytest.raises(bowknot.BowknotError, match="--format"):
         import_file(ws, f)
+
+
+def test_a_chunk_larger_than_a_row_group_is_stored_whole(ws: bowknot.Workspace,
+                                                         tmp_path: Path) -> None:
+    # DuckDB 2.0.0 lost rows inserted into a temp table created empty in the same
+    # transaction once they passed one row group (122,880 rows); the import must not.
+    f = tmp_path / "big.jsonl"
+    f.write_text("".join(f'{{"type":"track","event":"A","anonymousId":"a{i}"}}\n'
+                         for i in range(130_000)))
+    r = import_file(ws, f)
+    assert (r.rows, r.accepted) == (130_000, 130_000)
+    assert ws.sql("SELECT count(*) AS n FROM events")[0]["n"] == 130_000

@@ -79,6 +79,17 @@ SELECT req, 0::BIGINT AS pos, source, origin, call, body AS raw, received_at, tr
        NULL::VARCHAR AS batch_sent_at, NULL::JSON AS batch_context,
        NULL::JSON AS batch_integrations
 FROM req_checked WHERE call <> 'batch' AND request_reason IS NULL
+$file_items
+"""
+
+# Pre-split file lines join in the same statement: a temp table created empty and then
+# filled with more than one row group in the same transaction reads back empty on DuckDB
+# 2.0.0 (found by the 2 M-event import benchmark; tests/test_import.py guards it).
+FILE_ITEMS_SQL = """
+UNION ALL BY NAME
+SELECT * REPLACE (rtrim(raw, chr(13) || chr(10)) AS raw,
+                  coalesce(received_at, TIMESTAMP '$now') AS received_at)
+FROM items_in
 """
 
 # --- step 2: items -> staged rows with reasons ----------------------------------------------

@@ -217,18 +217,17 @@ class Writer:
         load_id = run(con, "SELECT nextval('load_seq')")[0][0]
         values["load_id"] = load_id
         con.register("requests", requests)
+        if items_in:
+            # File lines arrive with their line ending still attached (zero-copy split).
+            con.register("items_in", items_in[0])
+            values["file_items"] = ingest.substitute(
+                ingest.FILE_ITEMS_SQL, {"now": now.isoformat(sep=" ")})
+        else:
+            values["file_items"] = ""
         run(con, ingest.substitute(ingest.REQUEST_CHECK_SQL, values))
         run(con, ingest.substitute(ingest.EXPLODE_SQL, values))
         con.unregister("requests")
         if items_in:
-            con.register("items_in", items_in[0])
-            # File lines arrive with their line ending still attached (zero-copy split).
-            run(
-                con,
-                "INSERT INTO items SELECT * REPLACE (rtrim(raw, chr(13) || chr(10)) AS raw, "
-                "coalesce(received_at, ?::TIMESTAMP) AS received_at) FROM items_in",
-                [now],
-            )
             con.unregister("items_in")
         for sql in (
             ingest.NORMALIZE_SQL,
