@@ -297,12 +297,12 @@ def _pages(rng: np.random.Generator, ev: _Events, s: dict[str, Arr]) -> Arr:
 
 
 def _answers(rng: np.random.Generator, ev: _Events, p: Arr, t: Arr, dist: Arr, survey: int,
-             camp: int = -1, sore: int = 0) -> None:
-    """NPS answers drawn from `dist`, each with a "why" fitting its score; `sore` (2 closed
-    location, 3 refused deal) gives detractors the reason of that broken promise."""
+             camp: int = -1, broken: int = 0) -> None:
+    """NPS answers drawn from `dist`, each with a "why" fitting its score; `broken` (2 closed
+    location, 3 refused deal) gives the unhappy ones the reasons of that broken promise."""
     score = rng.choice(11, len(p), p=dist)
-    bucket = np.where(score >= 9, 0, np.where((score <= (8 if sore == 2 else 6)) & (sore > 0),
-                                              sore, 1))
+    unhappy = (score <= (8 if broken == 2 else 6)) & (broken > 0)
+    bucket = np.where(score >= 9, 0, np.where(unhappy, broken, 1))  # indexes _WHY
     size = _WHY_AT[bucket + 1] - _WHY_AT[bucket]
     # squared: the Persian and Thai texts end each list and are drawn less often
     why = _WHY_AT[bucket] + (rng.random(len(p)) ** 2 * size).astype(np.int64)
@@ -445,11 +445,11 @@ def _simulate(rng: np.random.Generator, n: int) -> tuple[dict[str, Arr], dict[st
     sw = np.flatnonzero(first_click[_SUMMER] < _NEVER)
     _answers(rng, ev, *_pick(rng, ex, _u(rng, DAY, deal_at - DAY, len(ex)), 0.35), _NPS_BASE, 0)
     _answers(rng, ev, *_pick(rng, ex, deal_at + _u(rng, DAY, 30 * DAY, len(ex)), 0.35),
-             _NPS_DIP, 0, sore=3)
+             _NPS_DIP, 0, broken=3)
     _answers(rng, ev, *_pick(rng, sg, known_at[sg] + _u(rng, 3 * DAY, 30 * DAY, len(sg)), 0.25),
              _NPS_BASE, 0)
     _answers(rng, ev, *_pick(rng, fd, first_click[_FREE_DAY, fd] + _u(rng, DAY, 4 * DAY, len(fd)),
-                             0.5), _NPS_FREE_DAY, 1, _FREE_DAY, sore=2)
+                             0.5), _NPS_FREE_DAY, 1, _FREE_DAY, broken=2)
     _answers(rng, ev, *_pick(rng, sw, first_click[_SUMMER, sw] + _u(rng, DAY, 4 * DAY, len(sw)),
                              0.5), _NPS_BASE, 2, _SUMMER)
     _answers(rng, ev, *_pick(rng, bp, bt + _u(rng, 2 * DAY, 7 * DAY, nbk), 0.15), _NPS_BASE, 3)
@@ -468,34 +468,39 @@ _LUT_TO = (_T0 + _W + 4 * DAY) // MIN  # events arrive up to 2 days after the wi
 
 
 @functools.cache
-def _minute_text() -> Arr:
-    """'YYYY-MM-DDTHH:MM:' for every minute the story's timestamps can fall in."""
+def _clock_text() -> tuple[Arr, Arr]:
+    """'YYYY-MM-DDTHH:MM:' for every minute the story's timestamps can fall in, and 'SS.mmmZ'
+    for every millisecond of a minute, as rows of bytes."""
     minutes = np.arange(_LUT_FROM, _LUT_TO).astype("datetime64[m]")
     text = np.char.add(np.datetime_as_string(minutes, unit="m").astype("S16"), b":")
-    return text.view(np.uint8).reshape(-1, 17)
-
-
-@functools.cache
-def _second_text() -> Arr:
-    """'SS.mmmZ' for every millisecond of a minute."""
     s, ms = np.divmod(np.arange(MIN), SEC)
     digits = [s // 10, s % 10, np.full(MIN, ord(".") - 48), ms // 100, ms // 10 % 10, ms % 10,
               np.full(MIN, ord("Z") - 48)]
-    return (np.stack(digits, axis=1) + 48).astype(np.uint8)
+    return text.view(np.uint8).reshape(-1, 17), (np.stack(digits, 1) + 48).astype(np.uint8)
 
 
-def _text(rows: Arr) -> pa.Array:
-    """A (n, width) uint8 matrix as a string array, without a Python step per row."""
-    n, width = rows.shape
-    offsets = pa.py_buffer(np.arange(n + 1, dtype=np.int32) * width)
-    return pa.StringArray.from_buffers(n, offsets, pa.py_buffer(np.ascontiguousarray(rows)))
+def _text(rows: Arr, present: Arr | None = None) -> pa.Array:
+    """Rows of bytes, (n, width), as a string array without a Python step per row; where
+    `present` is False the string is empty."""
+    n, width = rows.shape if present is None else (len(present), rows.shape[1])
+    lengths = np.full(n, width) if present is None else np.where(present, width, 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    data = rows if present is None else rows[present]
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets),
+                                       pa.py_buffer(np.ascontiguousarray(data)))
 
 
-def _iso(ms: Arr) -> pa.Array:
-    out = np.empty((len(ms), 24), np.uint8)
-    out[:, :17] = _minute_text()[ms // MIN - _LUT_FROM]
-    out[:, 17:] = _second_text()[ms % MIN]
-    return _text(out)
+def _spliced(*parts: bytes | Arr) -> Arr:
+    """Fixed-width byte rows from literal parts and (n, width) matrices, side by side."""
+    n = next(len(x) for x in parts if not isinstance(x, bytes))
+    cols = [np.broadcast_to(np.frombuffer(x, np.uint8), (n, len(x))) if isinstance(x, bytes)
+            else x for x in parts]
+    return np.concatenate(cols, axis=1)
+
+
+def _iso(ms: Arr) -> Arr:
+    minute, second = _clock_text()
+    return _spliced(minute[ms // MIN - _LUT_FROM], second[ms % MIN])
 
 
 def _device_ids(seed: int, first: int, n: int) -> Arr:
@@ -522,10 +527,14 @@ def _chunk_columns(seed: int, chunk: int, n: int) -> pa.Table:
     pid = chunk * CHUNK_PERSONS + p
     devices = _device_ids(seed, 2 * chunk * CHUNK_PERSONS, 2 * n)  # web, app per person
     return pa.table(cols | {
-        "ot": _iso(_T0 + t + off), "st": _iso(_T0 + t + delay + off),
-        "rt": _iso(_T0 + t + delay + _u(rng, 0, 301, m)),  # so rt - (st - ot) = t + <= 0.3 s
+        # JSON fragments: the closing timestamps (rt - (st - ot) = t + <= 0.3 s) and the
+        # device id of web and app events
+        "times": _text(_spliced(
+            b'},"originalTimestamp":"', _iso(_T0 + t + off), b'","sentAt":"',
+            _iso(_T0 + t + delay + off), b'","receivedAt":"',
+            _iso(_T0 + t + delay + _u(rng, 0, 301, m)), b'"}')),
+        "aid": _text(_spliced(b',"anonymousId":"', devices[2 * p + (src == 1)], b'"'), client),
         "uid": ~client | (t >= people["known_at"][p]), "pid": pid, "city": people["city"][p],
-        "aidk": np.where(client, src + 1, 0), "aid": _text(devices[2 * p + (src == 1)]),
         "true_ms": _T0 + t,
     })
 
@@ -562,7 +571,7 @@ WITH x AS (
   FROM x
 )
 SELECT {head} '"type":"', {types}[k + 1], '","messageId":"demo-{seed}-', mid, '"',
-  CASE WHEN aidk > 0 THEN concat(',"anonymousId":"', aid, '"') END,
+  aid,
   CASE WHEN uid THEN concat(',"userId":"u_', pid, '"') END,
   CASE WHEN k = 0 THEN concat(',"name":"', {page_names}[page + 1], '"')
        WHEN k = 1 THEN concat(',"name":"', {screens}[page + 1], '"')
@@ -600,7 +609,7 @@ SELECT {head} '"type":"', {types}[k + 1], '","messageId":"demo-{seed}-', mid, '"
   CASE WHEN k = 0 THEN concat(',"page":{{"path":"', path, '","url":"{site}', path, '"}}') END,
   CASE WHEN utm >= 0 THEN {utms}[utm + 1] END,
   CASE WHEN src = 1 THEN {devices}[pid % 2 + 1] END,
-  '}},"originalTimestamp":"', ot, '","sentAt":"', st, '","receivedAt":"', rt, '"}}{tail}')
+  times, '{tail}')
   AS {out}
 FROM y
 """
