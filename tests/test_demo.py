@@ -18,7 +18,7 @@ import pytest
 
 from bowknot import demo
 
-T: dict[str, Any] = demo.TRUTHS  # type: ignore[assignment]
+T: dict[str, Any] = demo.TRUTHS
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 PARSE = """
@@ -70,6 +70,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
 
 
 def test_row_count_is_within_ten_percent(story: duckdb.DuckDBPyConnection) -> None:
+    assert abs(len(payloads(1_000, 7)) - 1_000) <= 100
     assert abs(len(payloads(10_000, 7)) - 10_000) <= 1_000
     assert abs(one(story, "SELECT count(*) FROM ev") - 200_000) <= 20_000
 
