@@ -12,6 +12,7 @@ so history exported from Segment or RudderStack keeps its own times.
 from __future__ import annotations
 
 import gzip
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,18 +61,18 @@ def detect_format(path: Path) -> str:
     )
 
 
-def _items(lines: pa.Array, first_line: np.ndarray[Any, Any] | int, source: str,
+def _items(lines: pa.Array, positions: np.ndarray[Any, Any], source: str,
            file: str) -> pa.Table:
+    """File lines as writer items (ITEM_SCHEMA), built from columns without a row loop."""
     n = len(lines)
-    pos = (np.arange(n, dtype=np.int64) + first_line if isinstance(first_line, int)
-           else first_line)
     nulls = pa.nulls(n, pa.string())
+
     def const(value: str) -> pa.Array:
         return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
                                               pa.array([value])).cast(pa.string())
 
     return pa.table(
-        [pa.array(np.zeros(n, dtype=np.int64)), pa.array(pos), const(source), const("import"),
+        [pa.array(np.zeros(n, dtype=np.int64)), pa.array(positions), const(source), const("import"),
          nulls, lines.cast(pa.string()), pa.nulls(n, pa.timestamp("us")),
          pa.array(np.ones(n, dtype=bool)), const(file), nulls, nulls, nulls],
         schema=ITEM_SCHEMA,
@@ -132,10 +133,12 @@ def import_file(ws: Workspace, path: str | Path, *, source: str = "import",
     chunks = (_jsonl(path, ws.settings.import_chunk_bytes) if fmt == "jsonl"
               else _tabular(ws, path, fmt))
     for lines, numbers, nbytes in chunks:
+        result.bytes += nbytes
+        if not len(lines):
+            continue
         table = _items(lines, numbers, source, path.name)
         out = ws.writer.write(Submission(items=table, full_dedupe=True, batch_limit=False))[0]
         result.rows += len(lines)
-        result.bytes += nbytes
         result.accepted += out.accepted
         result.duplicates += out.duplicates
         result.conflicts += out.conflicts
@@ -144,6 +147,9 @@ def import_file(ws: Workspace, path: str | Path, *, source: str = "import",
             result.failures.append({"line": f["index"], "reasons": f["reasons"]})
         if progress:
             progress(result.bytes, result.rows)
+    result.bytes = path.stat().st_size if fmt != "jsonl" else result.bytes
+    if progress:
+        progress(result.bytes, result.rows)
     return result
 
 
@@ -170,8 +176,10 @@ def _tabular(ws: Workspace, path: Path, fmt: str
     if fmt == "csv":
         # CSV lines: the header is line 1; with store_rejects a malformed line is reported
         # with its line number instead of failing the import.
+        rejects = f"bowknot_rejects_{uuid.uuid4().hex}"
         rel = (f"SELECT *, row_number() OVER () + 1 AS __line FROM read_csv('{lit}', "
-               "header = true, store_rejects = true)")
+               f"header = true, store_rejects = true, rejects_table = '{rejects}', "
+               f"rejects_scan = '{rejects}_scan')")
     else:
         rel = (f"SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS __line "
                f"FROM read_parquet('{lit}', file_row_number = true)")
@@ -194,15 +202,14 @@ def _tabular(ws: Workspace, path: Path, fmt: str
     # json_object keeps nulls; strip them so empty CSV cells read as absent fields.
     sql = (f"SELECT json_merge_patch('{{}}', {obj})::VARCHAR AS raw, __line FROM ({rel}) "
            "ORDER BY __line")
-    size = path.stat().st_size
     reader = cur.sql(sql).to_arrow_reader(batch_size=100_000)
     for batch in reader:
         yield batch.column(0), batch.column(1).to_numpy(), 0
     if fmt == "csv":
-        rejects = cur.sql("SELECT line, any_value(csv_line) FROM reject_errors "
-                          "GROUP BY line ORDER BY line").fetchall()
-        if rejects:
+        bad = cur.sql(f"SELECT line, any_value(csv_line) AS raw FROM {rejects} "
+                      "GROUP BY line ORDER BY line").to_arrow_table()
+        cur.execute(f"DROP TABLE IF EXISTS {rejects}").fetchall()
+        cur.execute(f"DROP TABLE IF EXISTS {rejects}_scan").fetchall()
+        if bad.num_rows:
             # Malformed CSV lines cannot become JSON; keep them as they were read.
-            raw = pa.array([r[1] or "" for r in rejects])
-            yield raw, np.array([r[0] for r in rejects], dtype=np.int64), 0
-    yield pa.array([], pa.string()), np.array([], dtype=np.int64), size
+            yield (bad.column("raw").fill_null(""), bad.column("line").to_numpy(), 0)

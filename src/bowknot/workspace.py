@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 
 from .access import Access
-from .errors import BowknotError, QueryError
+from .errors import BowknotError, QueryError, ValidationError
 from .failures import Failures
 from .ingest import CALLS, REASONS, Outcome
 from .settings import Settings
@@ -203,8 +204,6 @@ class Workspace:
 
     def read_sql(self, query: str) -> list[dict[str, Any]]:
         """Run one read-only statement (SELECT, WITH, DESCRIBE, SUMMARIZE, EXPLAIN)."""
-        import duckdb
-
         try:
             statements = duckdb.extract_statements(query)
         except duckdb.Error as exc:
@@ -248,8 +247,6 @@ class Workspace:
 
 def raise_for(out: Outcome) -> None:
     """Turn a request's outcome into the error a library caller expects."""
-    from .errors import ValidationError
-
     if out.request_reason:
         raise ValidationError(REASONS[out.request_reason], code=out.request_reason)
     failed = [f for f in out.failures if f["reason_codes"] != ["message_id_conflict"]]

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -52,8 +53,6 @@ async def overview(request: Request) -> Response:
 async def overview_json(request: Request) -> JSONResponse:
     require_admin(request)
     data: dict[str, Any] = await run_in_threadpool(_ws(request).overview)
-    from fastapi.encoders import jsonable_encoder
-
     return JSONResponse(jsonable_encoder(data))
 
 
