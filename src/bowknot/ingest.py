@@ -66,13 +66,15 @@ CREATE OR REPLACE TEMP TABLE items AS
 SELECT req, pos, source, origin, NULL::VARCHAR AS call, raw::VARCHAR AS raw, received_at,
        trusted, file, batch_sent_at, batch_context, batch_integrations
 FROM (
+  -- The body is parsed once per request, before the unnest: batch-level fields computed
+  -- beside unnest() would be re-extracted from the whole body for every item.
   SELECT req, source, origin, received_at, trusted, file,
-         unnest(list) AS raw, generate_subscripts(list, 1) - 1 AS pos,
-         json_extract_string(body, '$.sentAt') AS batch_sent_at,
-         json_extract(body, '$.context') AS batch_context,
-         json_extract(body, '$.integrations') AS batch_integrations
-  FROM (SELECT *, json_extract(body, '$.batch[*]') AS list FROM req_checked
-        WHERE call = 'batch' AND request_reason IS NULL)
+         b.sentAt AS batch_sent_at, b.context AS batch_context,
+         b.integrations AS batch_integrations,
+         unnest(b.batch) AS raw, generate_subscripts(b.batch, 1) - 1 AS pos
+  FROM (SELECT *, from_json(body, '{"batch": ["JSON"], "sentAt": "VARCHAR", '
+                                  '"context": "JSON", "integrations": "JSON"}') AS b
+        FROM req_checked WHERE call = 'batch' AND request_reason IS NULL)
 )
 UNION ALL BY NAME
 SELECT req, 0::BIGINT AS pos, source, origin, call, body AS raw, received_at, trusted, file,

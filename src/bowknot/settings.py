@@ -81,6 +81,13 @@ SETTINGS: tuple[Setting, ...] = (
         int,
     ),
     Setting(
+        "writer_gather_ms",
+        4.0,
+        "How long the writer waits for more live requests to join a commit once one is "
+        "queued (group commit); 0 commits at once.",
+        float,
+    ),
+    Setting(
         "import_chunk_bytes",
         64 * 1024 * 1024,
         "Bytes of a file read per import chunk; bounds the importer's memory.",

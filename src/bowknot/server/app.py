@@ -51,6 +51,13 @@ def create_app(ws: Workspace) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Nothing was acknowledged; the client may retry. The traceback is in the log.
+        return error_response(500, "internal_error",
+                              f"The server failed ({type(exc).__name__}: {exc}); nothing from "
+                              "this request was acknowledged, so it is safe to retry.")
+
     app.include_router(ingest.router)
     app.include_router(admin.router)
     app.include_router(pages.router)

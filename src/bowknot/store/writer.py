@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -137,6 +138,16 @@ class Writer:
                 if self._closed:
                     return None
                 self._cond.wait()
+            if self._queue[0].items is None and not self._queue[0].full_dedupe:
+                # Clients answered by the last commit send their next requests within a few
+                # milliseconds; waiting briefly lets one commit take them all instead of
+                # splitting them across two (measured: groups of 8 became 16 at 16 clients).
+                deadline = time.monotonic() + self._settings.writer_gather_ms / 1000
+                while (
+                    self._queued_bytes < self._settings.writer_group_bytes
+                    and (left := deadline - time.monotonic()) > 0
+                ):
+                    self._cond.wait(left)
             first = self._queue.popleft()
             group = [first]
             size = first.size
@@ -159,7 +170,17 @@ class Writer:
         con = self._store.connection.cursor()
         run(con, "SET TimeZone='UTC'")
         while True:
-            group = self._take_group()
+            try:
+                group = self._take_group()
+            except BaseException as exc:  # never leave a waiter hanging on a dead writer
+                log.exception("the writer stopped")
+                with self._cond:
+                    self._closed = True
+                    pending, self._queue = list(self._queue), deque()
+                for sub in pending:
+                    sub.future.set_exception(exc)
+                con.close()
+                return
             if group is None:
                 con.close()
                 return
