@@ -100,19 +100,18 @@ FROM items_in
 NORMALIZE_SQL = """
 CREATE OR REPLACE TEMP TABLE staged AS
 WITH parsed AS (
-  -- One parse per item: every field is pulled out in a single json_extract over a path list;
-  -- try() turns invalid JSON into NULL so the row can be explained instead of failing the load.
+  -- One parse per item into a typed struct; try() turns invalid JSON into NULL so the row
+  -- can be explained instead of failing the load.
   SELECT i.*,
-    CASE WHEN ltrim(raw)[1] = '{' THEN try(json_extract(raw, ['$.type', '$.messageId',
-      '$.anonymousId', '$.userId', '$.event', '$.name', '$.groupId', '$.previousId',
-      '$.originalTimestamp', '$.timestamp', '$.sentAt', '$.receivedAt', '$.source',
-      '$.properties', '$.traits', '$.context', '$.integrations'])) END AS o
+    CASE WHEN ltrim(raw)[1] = '{' THEN try(from_json(raw, '$spec_struct')) END AS o
   FROM items i
 ), fields AS (
   SELECT parsed.*,
     CASE WHEN o IS NULL THEN json_valid(raw) ELSE true END AS is_json,
-    list_transform(o[1:13], lambda x: nullif(trim(json_extract_string(x, '$')), '')) AS s,
-    list_transform(o, lambda x: coalesce(json_type(x), 'NULL')) AS t
+    list_transform([o.type, o.messageId, o.anonymousId, o.userId, o.event, o.name, o.groupId,
+      o.previousId, o.originalTimestamp, o.timestamp, o.sentAt, o.receivedAt, o.source],
+      lambda x: nullif(trim(x), '')) AS s,
+    [o.properties, o.traits, o.context, o.integrations] AS n
   FROM parsed
 ), typed AS (
   SELECT fields.*,
@@ -123,8 +122,11 @@ WITH parsed AS (
     try_cast(coalesce(s[9], s[10]) AS TIMESTAMPTZ)::TIMESTAMP AS orig_ts,
     try_cast(coalesce(s[11], batch_sent_at) AS TIMESTAMPTZ)::TIMESTAMP AS sent_ts,
     CASE WHEN trusted THEN try_cast(s[12] AS TIMESTAMPTZ)::TIMESTAMP END AS recv_ts,
-    list_bool_or(list_transform(t[2:8], lambda x: x IN ('OBJECT', 'ARRAY')))
-      OR list_bool_or(list_transform(t[14:17], lambda x: x NOT IN ('OBJECT', 'NULL')))
+    -- An object or array where an id belongs arrives as its JSON text (a string id that
+    -- itself spells a JSON object or array is refused too); nested parts must be objects.
+    list_bool_or(list_transform(s[2:8], lambda x: x[1] IN ('{', '[')
+                 AND coalesce(json_type(try_cast(x AS JSON)), '') IN ('OBJECT', 'ARRAY')))
+      OR list_bool_or(list_transform(n, lambda x: x IS NOT NULL AND left(x::VARCHAR, 1) <> '{'))
       AS bad_field_type
   FROM fields
 )
@@ -159,11 +161,11 @@ SELECT
        ELSE coalesce(orig_ts, recv_ts, received_at) END AS timestamp,
   orig_ts AS original_timestamp, sent_ts AS sent_at,
   coalesce(recv_ts, received_at) AS received_at,
-  o[14] AS properties, o[15] AS traits,
-  CASE WHEN batch_context IS NULL THEN o[16] WHEN o[16] IS NULL THEN batch_context
-       ELSE json_merge_patch(batch_context, o[16]) END AS context,
-  CASE WHEN batch_integrations IS NULL THEN o[17] WHEN o[17] IS NULL THEN batch_integrations
-       ELSE json_merge_patch(batch_integrations, o[17]) END AS integrations
+  n[1] AS properties, n[2] AS traits,
+  CASE WHEN batch_context IS NULL THEN n[3] WHEN n[3] IS NULL THEN batch_context
+       ELSE json_merge_patch(batch_context, n[3]) END AS context,
+  CASE WHEN batch_integrations IS NULL THEN n[4] WHEN n[4] IS NULL THEN batch_integrations
+       ELSE json_merge_patch(batch_integrations, n[4]) END AS integrations
 FROM typed
 """
 
@@ -273,6 +275,16 @@ class Outcome:
             "failed": self.failed,
             "failures": self.failures,
         }
+
+
+# The fields the contract reads, parsed in one pass (ids as text, nested parts as JSON).
+SPEC_STRUCT = (
+    "{" + ", ".join(f'"{f}": "VARCHAR"' for f in (
+        "type", "messageId", "anonymousId", "userId", "event", "name", "groupId",
+        "previousId", "originalTimestamp", "timestamp", "sentAt", "receivedAt", "source"))
+    + ", " + ", ".join(f'"{f}": "JSON"' for f in
+                       ("properties", "traits", "context", "integrations")) + "}"
+)
 
 
 def describe(codes: list[str]) -> list[dict[str, str]]:

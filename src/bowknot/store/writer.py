@@ -233,6 +233,7 @@ class Writer:
             "max_event_bytes": s.max_event_bytes,
             "calls": "(" + ", ".join(f"'{c}'" for c in ingest.CALLS) + ")",
             "window_filter": window_filter,
+            "spec_struct": ingest.SPEC_STRUCT,
         }
         run(con, "BEGIN TRANSACTION")
         load_id = run(con, "SELECT nextval('load_seq')")[0][0]
