@@ -84,14 +84,13 @@ FROM req_checked WHERE call <> 'batch' AND request_reason IS NULL
 $file_items
 """
 
-# Pre-split file lines join in the same statement: a temp table created empty and then
-# filled with more than one row group in the same transaction reads back empty on DuckDB
-# 2.0.0 (found by the 2 M-event import benchmark; tests/test_import.py guards it).
+# Pre-split items (a replay) join the exploded requests in the same statement: a temp table
+# created empty and then filled with more than one row group in the same transaction reads
+# back empty on DuckDB 2.0.0 (tests/test_import.py guards it). A file import alone skips
+# this step: its items are used as they are.
 FILE_ITEMS_SQL = """
 UNION ALL BY NAME
-SELECT * REPLACE (rtrim(raw, chr(13) || chr(10)) AS raw,
-                  coalesce(received_at, TIMESTAMP '$now') AS received_at)
-FROM items_in
+SELECT * FROM items_in
 """
 
 # --- step 2: items -> staged rows with reasons ----------------------------------------------
@@ -133,7 +132,7 @@ WITH parsed AS (
 SELECT
   req, pos,
   CASE WHEN trusted AND s[13] IS NOT NULL THEN s[13] ELSE source END AS source,
-  origin, call, raw, trusted, file,
+  origin, call, trusted, file,
   list_filter([
     CASE WHEN NOT is_json THEN 'invalid_json' END,
     CASE WHEN is_json AND o IS NULL THEN 'not_an_object' END,
@@ -144,23 +143,27 @@ SELECT
     CASE WHEN type_ = 'alias' AND s[8] IS NULL THEN 'missing_previous_id' END,
     CASE WHEN type_ = 'group' AND s[7] IS NULL THEN 'missing_group_id' END,
     CASE WHEN length(s[2]) > $max_message_id THEN 'message_id_too_long' END,
-    CASE WHEN strlen(raw) > $max_event_bytes THEN 'event_too_large' END,
+    -- File lines keep their line ending (zero-copy split); it does not count.
+    CASE WHEN strlen(raw) - CASE WHEN suffix(raw, chr(10)) THEN 1 ELSE 0 END
+           - CASE WHEN suffix(raw, chr(13) || chr(10)) THEN 1 ELSE 0 END
+           > $max_event_bytes THEN 'event_too_large' END,
     CASE WHEN (orig_text IS NOT NULL AND orig_ts IS NULL)
            OR (sent_text IS NOT NULL AND sent_ts IS NULL)
            OR (recv_text IS NOT NULL AND recv_ts IS NULL) THEN 'invalid_timestamp' END
   ], lambda x: x IS NOT NULL) AS reasons,
   -- A missing messageId is assigned: from the content for trusted loads (so re-importing a
   -- file is a no-op), at random for live traffic (two identical clicks are two events).
-  coalesce(s[2], 'bk-' || CASE WHEN trusted THEN md5(raw) ELSE uuid()::VARCHAR END)
+  coalesce(s[2], 'bk-' || CASE WHEN trusted THEN md5(rtrim(raw, chr(13) || chr(10)))
+                                ELSE uuid()::VARCHAR END)
     AS message_id,
   type_ AS type, s[5] AS event, s[6] AS name,
   s[3] AS anonymous_id, s[4] AS user_id, s[7] AS group_id, s[8] AS previous_id,
   -- Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp).
   CASE WHEN orig_ts IS NOT NULL AND sent_ts IS NOT NULL
-         THEN coalesce(recv_ts, received_at) - (sent_ts - orig_ts)
-       ELSE coalesce(orig_ts, recv_ts, received_at) END AS timestamp,
+         THEN coalesce(recv_ts, received_at, TIMESTAMP '$now') - (sent_ts - orig_ts)
+       ELSE coalesce(orig_ts, recv_ts, received_at, TIMESTAMP '$now') END AS timestamp,
   orig_ts AS original_timestamp, sent_ts AS sent_at,
-  coalesce(recv_ts, received_at) AS received_at,
+  coalesce(recv_ts, received_at, TIMESTAMP '$now') AS received_at,
   n[1] AS properties, n[2] AS traits,
   CASE WHEN batch_context IS NULL THEN n[3] WHEN n[3] IS NULL THEN batch_context
        ELSE json_merge_patch(batch_context, n[3]) END AS context,
@@ -180,8 +183,9 @@ FROM req_checked WHERE request_reason IS NOT NULL
 FAIL_ITEMS_SQL = """
 INSERT INTO failed_events (load_id, source, origin, call, received_at, file, position,
                            message_id, reasons, raw)
-SELECT $load_id, source, origin, call, received_at, file, pos, message_id, reasons, raw
-FROM staged WHERE len(reasons) > 0
+SELECT $load_id, s.source, s.origin, s.call, s.received_at, s.file, s.pos, s.message_id,
+       s.reasons, rtrim(i.raw, chr(13) || chr(10))
+FROM staged s JOIN items i USING (req, pos) WHERE len(s.reasons) > 0
 """
 
 # A duplicate is the same (source, messageId); it is a harmless re-send when its payload
@@ -229,9 +233,9 @@ FROM classified WHERE outcome = 'new'
 FAIL_CONFLICTS_SQL = """
 INSERT INTO failed_events (load_id, source, origin, call, received_at, file, position,
                            message_id, reasons, raw)
-SELECT $load_id, source, origin, call, received_at, file, pos, message_id,
-       ['message_id_conflict'], raw
-FROM classified WHERE outcome = 'conflict'
+SELECT $load_id, c.source, c.origin, c.call, c.received_at, c.file, c.pos, c.message_id,
+       ['message_id_conflict'], rtrim(i.raw, chr(13) || chr(10))
+FROM classified c JOIN items i USING (req, pos) WHERE c.outcome = 'conflict'
 """
 
 SUMMARY_SQL = """

@@ -238,32 +238,38 @@ class Writer:
         run(con, "BEGIN TRANSACTION")
         load_id = run(con, "SELECT nextval('load_seq')")[0][0]
         values["load_id"] = load_id
+        values["now"] = now.isoformat(sep=" ")
         con.register("requests", requests)
-        if items_in:
-            # File lines arrive with their line ending still attached (zero-copy split).
-            con.register("items_in", items_in[0])
-            values["file_items"] = ingest.substitute(
-                ingest.FILE_ITEMS_SQL, {"now": now.isoformat(sep=" ")})
-        else:
-            values["file_items"] = ""
         _materialize(con, ingest.substitute(ingest.REQUEST_CHECK_SQL, values))
-        _materialize(con, ingest.substitute(ingest.EXPLODE_SQL, values))
         con.unregister("requests")
-        if items_in:
-            con.unregister("items_in")
-        for sql in (
-            ingest.NORMALIZE_SQL,
-            ingest.FAIL_REQUESTS_SQL,
-            ingest.FAIL_ITEMS_SQL,
-            ingest.CLASSIFY_SQL,
-            ingest.INSERT_EVENTS_SQL,
-            ingest.FAIL_CONFLICTS_SQL,
-        ):
+        if items_in and not requests.num_rows:
+            # A file import: its lines are the items as they are (no copy).
+            # Small record batches let DuckDB scan them on every core.
+            con.register("items", pa.Table.from_batches(
+                items_in[0].to_batches(max_chunksize=_BATCH_ROWS), items_in[0].schema))
+        else:
+            if items_in:
+                con.register("items_in", items_in[0])
+            values["file_items"] = ingest.FILE_ITEMS_SQL if items_in else ""
+            _materialize(con, ingest.substitute(ingest.EXPLODE_SQL, values))
+        for sql in (ingest.NORMALIZE_SQL, ingest.CLASSIFY_SQL, ingest.INSERT_EVENTS_SQL):
             _materialize(con, ingest.substitute(sql, values))
         summary = {row[0]: row[1:] for row in run(con, ingest.SUMMARY_SQL)}
         failures: dict[int, list[tuple[Any, list[str]]]] = {}
+        kinds: set[str] = set()
         for r, pos, reasons in run(con, ingest.ITEM_FAILURES_SQL):
             failures.setdefault(r, []).append((pos, reasons))
+            kinds.add("request" if pos is None else
+                      "conflict" if reasons == ["message_id_conflict"] else "item")
+        # Rejections are rare: the statements that keep them run only when there are some.
+        for kind, sql in (("request", ingest.FAIL_REQUESTS_SQL),
+                          ("item", ingest.FAIL_ITEMS_SQL),
+                          ("conflict", ingest.FAIL_CONFLICTS_SQL)):
+            if kind in kinds:
+                run(con, ingest.substitute(sql, values))
+        for name in ("items", "items_in"):
+            with contextlib.suppress(Exception):
+                con.unregister(name)
         totals = [sum(v[i] for v in summary.values()) for i in range(3)]
         n_failed = sum(len(v) for v in failures.values()) - totals[2]
         origin = group[0].requests[0].origin if group[0].requests else "import"
@@ -301,6 +307,7 @@ class Writer:
 
 
 _TEMP = "CREATE OR REPLACE TEMP TABLE "
+_BATCH_ROWS = 16_384  # an Arrow record batch is DuckDB's unit of parallel scanning
 
 
 def _materialize(con: Any, sql: str) -> None:
@@ -315,4 +322,4 @@ def _materialize(con: Any, sql: str) -> None:
         run(con, sql)
         return
     name, _, select = text[len(_TEMP):].partition(" AS\n")
-    con.register(name.strip(), con.sql(select).to_arrow_table())
+    con.register(name.strip(), con.sql(select).to_arrow_table(_BATCH_ROWS))
