@@ -79,3 +79,43 @@ def test_server_answers_bad_input_with_the_error_shape(server: tuple[Server, str
     assert r.json()["error"]["items"][0]["reasons"][0]["code"] == "missing_identity"
     r = httpx.get(srv.url + "/v1/failed", headers={"Authorization": f"Bearer {token}"})
     assert r.json()[0]["raw"] == '{"event":"A"}'
+
+
+def test_demo_serve_prints_a_sign_in_link_that_opens_the_overview(tmp_path: Any) -> None:
+    """What `make demo` runs: generate, serve, print the link; the link signs in."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bowknot", "demo", "serve", "--db", str(tmp_path / "d.duckdb"),
+         "--scale", "5000", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        link = None
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while link is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            found = re.search(r"(http://\S+/signin\?token=\S+)", line)
+            link = found.group(1) if found else None
+        assert link, "demo serve printed no sign-in link"
+        with httpx.Client(follow_redirects=True, timeout=10) as client:
+            for _ in range(100):
+                try:
+                    page = client.get(link)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert page.status_code == 200 and "Workspace overview" in page.text
+            data = client.get(f"http://127.0.0.1:{port}/overview.json").json()
+        assert data["events"]["n"] > 4000
+        assert {s["name"] for s in data["sources"]} >= {"web", "email", "surveys"}
+        assert data["failed"] == []
+    finally:
+        proc.terminate()
+        proc.wait(10)

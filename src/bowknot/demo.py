@@ -586,7 +586,7 @@ SELECT {head} '"type":"', {types}[k + 1], '","messageId":"demo-{seed}-', mid, '"
                END,
       name := first || ' ' || last, city := {cities}[city + 1],
       phone := concat('+', {phones}[city + 1], ' 6',
-                      lpad(((pid * 7919 + {seed}) % 100000000)::VARCHAR, 8, '0')),
+                      lpad(((pid::BIGINT * 7919 + {seed}) % 100000000)::VARCHAR, 8, '0')),
       plan := CASE WHEN since > 0 AND gold = 1 THEN 'gold' ELSE 'standard' END)), '}}'),
       CASE WHEN since > 0 THEN concat(',"customer_since":"', DATE '2026-07-01' - since::INTEGER,
         '","first_booking_at":"', strftime(make_timestamp((fb::BIGINT * 1000 + {t0}) * 1000),
