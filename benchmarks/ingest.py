@@ -77,7 +77,7 @@ def timed_child(code: str, *args: str) -> dict[str, float]:
 
 RAW_LOAD = """
 import duckdb, sys
-con = duckdb.connect(sys.argv[2])
+con = duckdb.connect(sys.argv[2], config={"enable_progress_bar": False})
 con.execute("CREATE TABLE events AS SELECT * FROM read_json(?, format='newline_delimited')",
             [sys.argv[1]])
 print(con.execute("SELECT count(*) FROM events").fetchall()[0][0])

@@ -97,7 +97,6 @@ SELECT * FROM items_in
 # items(req, pos, source, origin, call, raw, received_at, trusted, file,
 #       batch_sent_at, batch_context, batch_integrations)
 NORMALIZE_SQL = """
-CREATE OR REPLACE TEMP TABLE staged AS
 WITH parsed AS (
   -- One parse per item into a typed struct; try() turns invalid JSON into NULL so the row
   -- can be explained instead of failing the load.
@@ -185,7 +184,7 @@ INSERT INTO failed_events (load_id, source, origin, call, received_at, file, pos
                            message_id, reasons, raw)
 SELECT $load_id, s.source, s.origin, s.call, s.received_at, s.file, s.pos, s.message_id,
        s.reasons, rtrim(i.raw, chr(13) || chr(10))
-FROM staged s JOIN items i USING (req, pos) WHERE len(s.reasons) > 0
+FROM classified s JOIN items i USING (req, pos) WHERE s.outcome = 'failed'
 """
 
 # A duplicate is the same (source, messageId); it is a harmless re-send when its payload
@@ -193,33 +192,38 @@ FROM staged s JOIN items i USING (req, pos) WHERE len(s.reasons) > 0
 # aside, never dropped) when it does not: Snowplow's natural vs synthetic duplicates.
 CLASSIFY_SQL = """
 CREATE OR REPLACE TEMP TABLE classified AS
-WITH v AS (
-  SELECT staged.* EXCLUDE (reasons),
-         hash(source, message_id) AS key,
-         hash(type, event, name, anonymous_id, user_id, group_id, previous_id,
-              original_timestamp, properties::VARCHAR, traits::VARCHAR, context::VARCHAR)
-           AS fingerprint
-  FROM staged WHERE len(reasons) = 0
+WITH staged AS ($normalize
+), v AS (
+  SELECT staged.*,
+         CASE WHEN len(reasons) = 0 THEN hash(source, message_id) END AS key,
+         CASE WHEN len(reasons) = 0 THEN
+           hash(type, event, name, anonymous_id, user_id, group_id, previous_id,
+                original_timestamp, properties::VARCHAR, traits::VARCHAR, context::VARCHAR)
+         END AS fingerprint
+  FROM staged
+), repeated AS (
+  -- Repeats inside one load are rare: only their rows are ranked, not the whole load.
+  SELECT key FROM v WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1
 ), ranked AS (
-  SELECT v.*,
-         row_number() OVER w AS rn,
-         first_value(fingerprint) OVER w AS first_fp
-  FROM v WINDOW w AS (PARTITION BY key, source, message_id ORDER BY req, pos)
+  SELECT req, pos, row_number() OVER w AS rn, first_value(fingerprint) OVER w AS first_fp
+  FROM v WHERE key IN (SELECT key FROM repeated)
+  WINDOW w AS (PARTITION BY key, source, message_id ORDER BY req, pos)
 ), earlier AS (
   SELECT key, source, message_id, any_value(fingerprint) AS stored_fp
   FROM events
-  WHERE key IN (SELECT key FROM v) $window_filter
+  WHERE key IN (SELECT key FROM v WHERE key IS NOT NULL) $window_filter
   GROUP BY ALL
 )
-SELECT ranked.*,
+SELECT v.*,
   CASE
-    WHEN earlier.stored_fp IS NOT NULL AND earlier.stored_fp = ranked.fingerprint THEN 'duplicate'
-    WHEN earlier.stored_fp IS NOT NULL THEN 'conflict'
-    WHEN rn > 1 AND first_fp = ranked.fingerprint THEN 'duplicate'
-    WHEN rn > 1 THEN 'conflict'
+    WHEN len(v.reasons) > 0 THEN 'failed'
+    WHEN e.stored_fp IS NOT NULL AND e.stored_fp = v.fingerprint THEN 'duplicate'
+    WHEN e.stored_fp IS NOT NULL THEN 'conflict'
+    WHEN r.rn > 1 AND r.first_fp = v.fingerprint THEN 'duplicate'
+    WHEN r.rn > 1 THEN 'conflict'
     ELSE 'new'
   END AS outcome
-FROM ranked LEFT JOIN earlier USING (key, source, message_id)
+FROM v LEFT JOIN earlier e USING (key, source, message_id) LEFT JOIN ranked r USING (req, pos)
 """
 
 INSERT_EVENTS_SQL = """
@@ -247,7 +251,7 @@ FROM classified GROUP BY req
 """
 
 ITEM_FAILURES_SQL = """
-SELECT req, pos, reasons FROM staged WHERE len(reasons) > 0
+SELECT req, pos, reasons FROM classified WHERE outcome = 'failed'
 UNION ALL
 SELECT req, pos, ['message_id_conflict'] FROM classified WHERE outcome = 'conflict'
 UNION ALL

@@ -252,7 +252,8 @@ class Writer:
                 con.register("items_in", items_in[0])
             values["file_items"] = ingest.FILE_ITEMS_SQL if items_in else ""
             _materialize(con, ingest.substitute(ingest.EXPLODE_SQL, values))
-        for sql in (ingest.NORMALIZE_SQL, ingest.CLASSIFY_SQL, ingest.INSERT_EVENTS_SQL):
+        values["normalize"] = ingest.substitute(ingest.NORMALIZE_SQL, values)
+        for sql in (ingest.CLASSIFY_SQL, ingest.INSERT_EVENTS_SQL):
             _materialize(con, ingest.substitute(sql, values))
         summary = {row[0]: row[1:] for row in run(con, ingest.SUMMARY_SQL)}
         failures: dict[int, list[tuple[Any, list[str]]]] = {}
