@@ -96,6 +96,43 @@ SELECT * FROM items_in
 # --- step 2: items -> staged rows with reasons ----------------------------------------------
 # items(req, pos, source, origin, call, raw, received_at, trusted, file,
 #       batch_sent_at, batch_context, batch_integrations)
+# The fields the contract reads: (name in the payload, column), parsed in one pass.
+ID_FIELDS = (("messageId", "f_message_id"), ("anonymousId", "f_anonymous_id"),
+             ("userId", "f_user_id"), ("event", "f_event"), ("name", "f_name"),
+             ("groupId", "f_group_id"), ("previousId", "f_previous_id"))
+TEXT_FIELDS = (("type", "f_type"), *ID_FIELDS, ("originalTimestamp", "f_original_timestamp"),
+               ("timestamp", "f_timestamp"), ("sentAt", "f_sent_at"),
+               ("receivedAt", "f_received_at"), ("source", "f_source"))
+NESTED_FIELDS = (("properties", "f_properties"), ("traits", "f_traits"),
+                 ("context", "f_context"), ("integrations", "f_integrations"))
+SPEC_STRUCT = "{" + ", ".join(
+    [f'"{f}": "VARCHAR"' for f, _ in TEXT_FIELDS]
+    + [f'"{f}": "JSON"' for f, _ in NESTED_FIELDS]) + "}"
+
+# Each rule: a reason code and the condition (over the `typed` step) that raises it.
+RULES: tuple[tuple[str, str], ...] = (
+    ("invalid_json", "NOT is_json"),
+    ("not_an_object", "is_json AND o IS NULL"),
+    ("invalid_type", "o IS NOT NULL AND (type_ IS NULL OR type_ NOT IN $calls)"),
+    # An object or array where an id belongs arrives as its JSON text (a string id that
+    # itself spells a JSON object or array is refused too); nested parts must be objects.
+    ("invalid_field_type", "o IS NOT NULL AND (" + " OR ".join(
+        [f"(left({c}, 1) IN ('{{', '[') AND coalesce(json_type(try_cast({c} AS JSON)), '') "
+         "IN ('OBJECT', 'ARRAY'))" for _, c in ID_FIELDS]
+        + [f"left({c}::VARCHAR, 1) <> '{{'" for _, c in NESTED_FIELDS]) + ")"),
+    ("missing_identity", "o IS NOT NULL AND f_anonymous_id IS NULL AND f_user_id IS NULL"),
+    ("missing_event", "type_ = 'track' AND f_event IS NULL"),
+    ("missing_previous_id", "type_ = 'alias' AND f_previous_id IS NULL"),
+    ("missing_group_id", "type_ = 'group' AND f_group_id IS NULL"),
+    ("message_id_too_long", "length(f_message_id) > $max_message_id"),
+    # File lines keep their line ending (zero-copy split); it does not count.
+    ("event_too_large", "strlen(raw) - suffix(raw, chr(10))::INT "
+                        "- suffix(raw, chr(13) || chr(10))::INT > $max_event_bytes"),
+    ("invalid_timestamp", "(orig_text IS NOT NULL AND orig_ts IS NULL) "
+                          "OR (sent_text IS NOT NULL AND sent_ts IS NULL) "
+                          "OR (recv_text IS NOT NULL AND recv_ts IS NULL)"),
+)
+
 NORMALIZE_SQL = """
 WITH parsed AS (
   -- One parse per item into a typed struct; try() turns invalid JSON into NULL so the row
@@ -106,69 +143,54 @@ WITH parsed AS (
 ), fields AS (
   SELECT parsed.*,
     CASE WHEN o IS NULL THEN json_valid(raw) ELSE true END AS is_json,
-    list_transform([o.type, o.messageId, o.anonymousId, o.userId, o.event, o.name, o.groupId,
-      o.previousId, o.originalTimestamp, o.timestamp, o.sentAt, o.receivedAt, o.source],
-      lambda x: nullif(trim(x), '')) AS s,
-    [o.properties, o.traits, o.context, o.integrations] AS n
+    """ + ",\n    ".join(f"nullif(trim(o.{f}), '') AS {c}" for f, c in TEXT_FIELDS) + """,
+    """ + ",\n    ".join(f"o.{f} AS {c}" for f, c in NESTED_FIELDS) + """
   FROM parsed
 ), typed AS (
   SELECT fields.*,
-    lower(coalesce(call, s[1])) AS type_,
-    coalesce(s[9], s[10]) AS orig_text,
-    coalesce(s[11], batch_sent_at) AS sent_text,
-    CASE WHEN trusted THEN s[12] END AS recv_text,
-    try_cast(coalesce(s[9], s[10]) AS TIMESTAMPTZ)::TIMESTAMP AS orig_ts,
-    try_cast(coalesce(s[11], batch_sent_at) AS TIMESTAMPTZ)::TIMESTAMP AS sent_ts,
-    CASE WHEN trusted THEN try_cast(s[12] AS TIMESTAMPTZ)::TIMESTAMP END AS recv_ts,
-    -- An object or array where an id belongs arrives as its JSON text (a string id that
-    -- itself spells a JSON object or array is refused too); nested parts must be objects.
-    list_bool_or(list_transform(s[2:8], lambda x: x[1] IN ('{', '[')
-                 AND coalesce(json_type(try_cast(x AS JSON)), '') IN ('OBJECT', 'ARRAY')))
-      OR list_bool_or(list_transform(n, lambda x: x IS NOT NULL AND left(x::VARCHAR, 1) <> '{'))
-      AS bad_field_type
+    lower(coalesce(call, f_type)) AS type_,
+    coalesce(f_original_timestamp, f_timestamp) AS orig_text,
+    coalesce(f_sent_at, batch_sent_at) AS sent_text,
+    CASE WHEN trusted THEN f_received_at END AS recv_text,
+    try_cast(coalesce(f_original_timestamp, f_timestamp) AS TIMESTAMPTZ)::TIMESTAMP AS orig_ts,
+    try_cast(coalesce(f_sent_at, batch_sent_at) AS TIMESTAMPTZ)::TIMESTAMP AS sent_ts,
+    CASE WHEN trusted THEN try_cast(f_received_at AS TIMESTAMPTZ)::TIMESTAMP END AS recv_ts
   FROM fields
+), checked AS (
+  SELECT typed.*,
+    """ + ",\n    ".join(f"({cond}) AS r_{code}" for code, cond in RULES) + """
+  FROM typed
 )
 SELECT
   req, pos,
-  CASE WHEN trusted AND s[13] IS NOT NULL THEN s[13] ELSE source END AS source,
+  CASE WHEN trusted AND f_source IS NOT NULL THEN f_source ELSE source END AS source,
   origin, call, trusted, file,
-  list_filter([
-    CASE WHEN NOT is_json THEN 'invalid_json' END,
-    CASE WHEN is_json AND o IS NULL THEN 'not_an_object' END,
-    CASE WHEN o IS NOT NULL AND (type_ IS NULL OR type_ NOT IN $calls) THEN 'invalid_type' END,
-    CASE WHEN o IS NOT NULL AND bad_field_type THEN 'invalid_field_type' END,
-    CASE WHEN o IS NOT NULL AND s[3] IS NULL AND s[4] IS NULL THEN 'missing_identity' END,
-    CASE WHEN type_ = 'track' AND s[5] IS NULL THEN 'missing_event' END,
-    CASE WHEN type_ = 'alias' AND s[8] IS NULL THEN 'missing_previous_id' END,
-    CASE WHEN type_ = 'group' AND s[7] IS NULL THEN 'missing_group_id' END,
-    CASE WHEN length(s[2]) > $max_message_id THEN 'message_id_too_long' END,
-    -- File lines keep their line ending (zero-copy split); it does not count.
-    CASE WHEN strlen(raw) - CASE WHEN suffix(raw, chr(10)) THEN 1 ELSE 0 END
-           - CASE WHEN suffix(raw, chr(13) || chr(10)) THEN 1 ELSE 0 END
-           > $max_event_bytes THEN 'event_too_large' END,
-    CASE WHEN (orig_text IS NOT NULL AND orig_ts IS NULL)
-           OR (sent_text IS NOT NULL AND sent_ts IS NULL)
-           OR (recv_text IS NOT NULL AND recv_ts IS NULL) THEN 'invalid_timestamp' END
-  ], lambda x: x IS NOT NULL) AS reasons,
+  -- Most events pass: the reason list is only built for those that do not.
+  CASE WHEN """ + " OR ".join(f"coalesce(r_{code}, false)" for code, _ in RULES) + """
+       THEN list_filter([""" + ", ".join(
+           f"CASE WHEN r_{code} THEN '{code}' END" for code, _ in RULES) + """],
+                        lambda x: x IS NOT NULL)
+       ELSE []::VARCHAR[] END AS reasons,
   -- A missing messageId is assigned: from the content for trusted loads (so re-importing a
   -- file is a no-op), at random for live traffic (two identical clicks are two events).
-  coalesce(s[2], 'bk-' || CASE WHEN trusted THEN md5(rtrim(raw, chr(13) || chr(10)))
-                                ELSE uuid()::VARCHAR END)
-    AS message_id,
-  type_ AS type, s[5] AS event, s[6] AS name,
-  s[3] AS anonymous_id, s[4] AS user_id, s[7] AS group_id, s[8] AS previous_id,
+  coalesce(f_message_id, 'bk-' || CASE WHEN trusted THEN md5(rtrim(raw, chr(13) || chr(10)))
+                                      ELSE uuid()::VARCHAR END) AS message_id,
+  type_ AS type, f_event AS event, f_name AS name,
+  f_anonymous_id AS anonymous_id, f_user_id AS user_id, f_group_id AS group_id,
+  f_previous_id AS previous_id,
   -- Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp).
   CASE WHEN orig_ts IS NOT NULL AND sent_ts IS NOT NULL
          THEN coalesce(recv_ts, received_at, TIMESTAMP '$now') - (sent_ts - orig_ts)
        ELSE coalesce(orig_ts, recv_ts, received_at, TIMESTAMP '$now') END AS timestamp,
   orig_ts AS original_timestamp, sent_ts AS sent_at,
   coalesce(recv_ts, received_at, TIMESTAMP '$now') AS received_at,
-  n[1] AS properties, n[2] AS traits,
-  CASE WHEN batch_context IS NULL THEN n[3] WHEN n[3] IS NULL THEN batch_context
-       ELSE json_merge_patch(batch_context, n[3]) END AS context,
-  CASE WHEN batch_integrations IS NULL THEN n[4] WHEN n[4] IS NULL THEN batch_integrations
-       ELSE json_merge_patch(batch_integrations, n[4]) END AS integrations
-FROM typed
+  f_properties AS properties, f_traits AS traits,
+  CASE WHEN batch_context IS NULL THEN f_context WHEN f_context IS NULL THEN batch_context
+       ELSE json_merge_patch(batch_context, f_context) END AS context,
+  CASE WHEN batch_integrations IS NULL THEN f_integrations
+       WHEN f_integrations IS NULL THEN batch_integrations
+       ELSE json_merge_patch(batch_integrations, f_integrations) END AS integrations
+FROM checked
 """
 
 # --- step 3: staged -> events / failed_events -----------------------------------------------
@@ -283,16 +305,6 @@ class Outcome:
             "failed": self.failed,
             "failures": self.failures,
         }
-
-
-# The fields the contract reads, parsed in one pass (ids as text, nested parts as JSON).
-SPEC_STRUCT = (
-    "{" + ", ".join(f'"{f}": "VARCHAR"' for f in (
-        "type", "messageId", "anonymousId", "userId", "event", "name", "groupId",
-        "previousId", "originalTimestamp", "timestamp", "sentAt", "receivedAt", "source"))
-    + ", " + ", ".join(f'"{f}": "JSON"' for f in
-                       ("properties", "traits", "context", "integrations")) + "}"
-)
 
 
 def describe(codes: list[str]) -> list[dict[str, str]]:
