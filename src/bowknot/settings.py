@@ -93,6 +93,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Bytes of a file read per import chunk; bounds the importer's memory.",
         int,
     ),
+    Setting(
+        "checkpoint_threshold",
+        "256MB",
+        "Write-ahead-log size at which DuckDB folds it into the database file (a commit "
+        "that crosses it waits for that).",
+    ),
     Setting("threads", 0, "DuckDB worker threads; 0 means one per core.", int),
     Setting(
         "memory_limit",
