@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DB ?= demo/bowknot.duckdb
 
-.PHONY: demo test install lint typecheck bench docs clean
+.PHONY: demo test install browser bench docs clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +20,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bowknot demo serve --db $(DEMO_DB)
 
+## Page tests drive Debian's headless Chromium; fonts-noto-core gives it Persian and Thai glyphs.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-noto-core; }
+
 ## make test: install what the tests need and run them all
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy

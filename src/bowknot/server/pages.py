@@ -15,6 +15,7 @@ from ..workspace import Workspace
 from .auth import COOKIE, is_admin, require_admin
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.filters["ts"] = lambda v: v.strftime("%Y-%m-%d %H:%M") if v else "—"
 router = APIRouter(include_in_schema=False)
 
 

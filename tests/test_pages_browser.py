@@ -1,0 +1,50 @@
+"""The pages in a real browser (Debian's headless Chromium, installed by `make test`)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import Server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    if CHROMIUM is None:
+        pytest.fail("Chromium is missing: `make test` installs Debian's chromium package")
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+                          capture_output=True, text=True, timeout=90)
+
+
+def test_sign_in_link_opens_the_overview_in_a_browser(server: tuple[Server, str, str],
+                                                      tmp_path: Path) -> None:
+    srv, key, token = server
+    httpx.post(srv.url + "/v1/batch", auth=(key, ""), json={"batch": [
+        {"type": "track", "userId": "u1", "event": "Booking <Completed>"},
+        {"type": "page", "anonymousId": "a1", "name": "Home"},
+        {"type": "track", "userId": "u2"}]})
+    # The browser follows the sign-in redirect with the session cookie it was just given.
+    dom = chromium(tmp_path, "--dump-dom", f"{srv.url}/signin?token={token}").stdout
+    assert "Workspace overview" in dom
+    assert "missing_event" in dom  # the failed event is listed
+    shot = tmp_path / "overview.png"
+    chromium(tmp_path, "--window-size=1280,1400", f"--screenshot={shot}",
+             f"{srv.url}/overview")
+    assert shot.exists() and shot.stat().st_size > 20_000
+    out = Path(__file__).parent / "output"
+    out.mkdir(exist_ok=True)
+    shutil.copy(shot, out / "overview.png")
+
+
+def test_without_a_session_the_browser_lands_on_sign_in(server: tuple[Server, str, str],
+                                                        tmp_path: Path) -> None:
+    srv, _, _ = server
+    dom = chromium(tmp_path, "--dump-dom", f"{srv.url}/overview").stdout
+    assert "Admin token" in dom and "Workspace overview" not in dom
