@@ -46,7 +46,7 @@ async def batch(request):
     await request.body()
     return JSONResponse({"success": True})
 app = Starlette(routes=[Route("/v1/batch", batch, methods=["POST"]),
-                        Route("/openapi.json", lambda r: JSONResponse({}))])
+                        Route("/healthz", lambda r: JSONResponse({}))])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
@@ -77,7 +77,8 @@ def timed_child(code: str, *args: str) -> dict[str, float]:
 
 RAW_LOAD = """
 import duckdb, sys
-con = duckdb.connect(sys.argv[2], config={"enable_progress_bar": False})
+con = duckdb.connect(sys.argv[2])
+con.execute("SET enable_progress_bar = false")
 con.execute("CREATE TABLE events AS SELECT * FROM read_json(?, format='newline_delimited')",
             [sys.argv[1]])
 print(con.execute("SELECT count(*) FROM events").fetchall()[0][0])
@@ -193,7 +194,7 @@ def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(300):
         try:
-            httpx.get(url + "/openapi.json", timeout=1)
+            httpx.get(url + "/healthz", timeout=1)
             return proc
         except httpx.TransportError:
             time.sleep(0.1)

@@ -69,7 +69,7 @@ class Server:
                 out = self.proc.stdout.read().decode() if self.proc.stdout else ""
                 raise RuntimeError(f"bowknot serve exited: {out}")
             try:
-                if httpx.get(self.url + "/openapi.json", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 time.sleep(0.1)

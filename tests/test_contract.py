@@ -169,3 +169,11 @@ def test_unknown_setting_and_bad_value_say_what_to_fix(tmp_path: Any) -> None:
         bowknot.connect(tmp_path / "a.duckdb", max_event_byte=1)
     with pytest.raises(bowknot.SettingError, match="BOWKNOT_MAX_EVENT_BYTES"):
         bowknot.connect(tmp_path / "a.duckdb", max_event_bytes="lots")
+
+
+def test_events_are_an_ibis_table(ws: bowknot.Workspace) -> None:
+    ws.track("A", user_id="u1")
+    ws.track("B", user_id="u1")
+    events = ws.table("events")
+    by_event = events.group_by("event").agg(n=events.count()).order_by("event").to_pyarrow()
+    assert by_event.to_pylist() == [{"event": "A", "n": 1}, {"event": "B", "n": 1}]

@@ -190,12 +190,16 @@ def test_pages_sign_in_with_a_session_cookie(client: TestClient, admin_token: st
     assert bad.status_code == 401 and "unknown or revoked" in bad.text
 
 
-def test_openapi_documents_collection(client: TestClient) -> None:
+def test_openapi_documents_collection(client: TestClient, admin_token: str) -> None:
+    assert client.get("/openapi.json").status_code == 401
+    assert client.get("/docs", follow_redirects=False).headers["location"] == "/signin"
+    client.headers["Authorization"] = f"Bearer {admin_token}"
     spec = client.get("/openapi.json").json()
     for call in ("track", "identify", "page", "screen", "group", "alias", "batch"):
         op = spec["paths"][f"/v1/{call}"]["post"]
         assert "requestBody" in op and {"400", "401", "413", "429"} <= set(op["responses"])
-    assert client.get("/docs").status_code == 200
+    assert "swagger" in client.get("/docs").text.lower()
+    assert client.get("/healthz").json() == {"ok": True}
 
 
 def test_errors_share_one_shape(client: TestClient) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import BowknotError, Overloaded
 from ..workspace import Workspace
 from . import admin, ingest, pages
+from .auth import is_admin, require_admin
 
 
 def error_response(status: int, code: str, message: str, **extra: object) -> JSONResponse:
@@ -21,6 +23,10 @@ def error_response(status: int, code: str, message: str, **extra: object) -> JSO
 
 def create_app(ws: Workspace) -> FastAPI:
     app = FastAPI(
+        # The API reference is served to admins only (below), like every page but collection.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
         title="bowknot",
         version=__version__,
         description="Segment-compatible event collection and the bowknot admin API. "
@@ -57,6 +63,22 @@ def create_app(ws: Workspace) -> FastAPI:
         return error_response(500, "internal_error",
                               f"The server failed ({type(exc).__name__}: {exc}); nothing from "
                               "this request was acknowledged, so it is safe to retry.")
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, bool]:
+        """Liveness for load balancers and scripts; says nothing about the data."""
+        return {"ok": True}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        require_admin(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        if not is_admin(request):
+            return RedirectResponse("/signin", status_code=303)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="bowknot API")
 
     app.include_router(ingest.router)
     app.include_router(admin.router)
