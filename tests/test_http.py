@@ -119,13 +119,13 @@ def test_overload_is_429_with_retry_after(tmp_path: Any) -> None:
     with bowknot.connect(tmp_path / "w.duckdb", writer_queue_bytes=1) as ws:
         key = ws.access.create_source("web")
         release = threading.Event()
-        original = ws.writer._commit
+        original = ws.writer._prepare
 
         def slow(con: Any, group: Any) -> Any:
             release.wait(10)
             return original(con, group)
 
-        ws.writer._commit = slow  # type: ignore[method-assign]
+        ws.writer._prepare = slow  # type: ignore[method-assign]
         from bowknot.store.writer import Request, Submission
 
         body = '{"type":"track","userId":"u","event":"A"}'

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import gzip
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import BowknotError
+from .ingest import Outcome
 from .store.writer import ITEM_SCHEMA, Submission
 from .workspace import Workspace
 
@@ -132,13 +135,11 @@ def import_file(ws: Workspace, path: str | Path, *, source: str = "import",
     result = ImportResult(file=str(path))
     chunks = (_jsonl(path, ws.settings.import_chunk_bytes) if fmt == "jsonl"
               else _tabular(ws, path, fmt))
-    for lines, numbers, nbytes in chunks:
-        result.bytes += nbytes
-        if not len(lines):
-            continue
-        table = _items(lines, numbers, source, path.name)
-        out = ws.writer.write(Submission(items=table, full_dedupe=True, batch_limit=False))[0]
-        result.rows += len(lines)
+    pending: deque[tuple[Future[list[Outcome]], int]] = deque()
+
+    def settle(future: Future[list[Outcome]], rows: int) -> None:
+        out = future.result()[0]
+        result.rows += rows
         result.accepted += out.accepted
         result.duplicates += out.duplicates
         result.conflicts += out.conflicts
@@ -147,6 +148,20 @@ def import_file(ws: Workspace, path: str | Path, *, source: str = "import",
             result.failures.append({"line": f["index"], "reasons": f["reasons"]})
         if progress:
             progress(result.bytes, result.rows)
+
+    # The writer parses chunk k+1 while it commits chunk k, so two chunks are in flight;
+    # waiting for the older one before reading on bounds memory to about three chunks.
+    for lines, numbers, nbytes in chunks:
+        result.bytes += nbytes
+        if not len(lines):
+            continue
+        sub = Submission(items=_items(lines, numbers, source, path.name), full_dedupe=True,
+                         batch_limit=False)
+        pending.append((ws.writer.submit(sub, block=True), len(lines)))
+        if len(pending) > 1:
+            settle(*pending.popleft())
+    while pending:
+        settle(*pending.popleft())
     result.bytes = path.stat().st_size if fmt != "jsonl" else result.bytes
     if progress:
         progress(result.bytes, result.rows)

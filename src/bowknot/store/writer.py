@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -91,8 +92,13 @@ class Writer:
         self._queued_bytes = 0
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="bowknot-writer", daemon=True)
-        self._thread.start()
+        self._ready: queue.Queue[_Prepared | None] = queue.Queue(maxsize=2)
+        self._threads = [
+            threading.Thread(target=self._run, name="bowknot-prepare", daemon=True),
+            threading.Thread(target=self._run_commits, name="bowknot-writer", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
         self.commits = 0
 
     # -- producer side ------------------------------------------------------------------
@@ -129,7 +135,8 @@ class Writer:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
     # -- the writer thread --------------------------------------------------------------
     def _take_group(self) -> list[Submission] | None:
@@ -166,37 +173,56 @@ class Writer:
             self._cond.notify_all()
             return group
 
+    # -- the pipeline: prepare (parse and validate) overlaps the previous commit ----------
     def _run(self) -> None:
+        """Stage 1: gather a group and parse and validate it; touches no table."""
         con = self._store.connection.cursor()
         run(con, "SET TimeZone='UTC'")
-        while True:
+        try:
+            while True:
+                try:
+                    group = self._take_group()
+                except BaseException as exc:  # never leave a waiter hanging on a dead writer
+                    log.exception("the writer stopped")
+                    with self._cond:
+                        self._closed = True
+                        pending, self._queue = list(self._queue), deque()
+                    for sub in pending:
+                        sub.future.set_exception(exc)
+                    return
+                if group is None:
+                    return
+                try:
+                    prepared = self._prepare(con, group)
+                except BaseException as exc:  # every waiter must hear back
+                    log.exception("preparing a group failed")
+                    for sub in group:
+                        sub.future.set_exception(exc)
+                    continue
+                self._ready.put(prepared)
+        finally:
+            self._ready.put(None)
+            con.close()
+
+    def _run_commits(self) -> None:
+        """Stage 2: deduplicate against the log, append and commit, one group at a time."""
+        con = self._store.connection.cursor()
+        run(con, "SET TimeZone='UTC'")
+        while (prepared := self._ready.get()) is not None:
             try:
-                group = self._take_group()
-            except BaseException as exc:  # never leave a waiter hanging on a dead writer
-                log.exception("the writer stopped")
-                with self._cond:
-                    self._closed = True
-                    pending, self._queue = list(self._queue), deque()
-                for sub in pending:
-                    sub.future.set_exception(exc)
-                con.close()
-                return
-            if group is None:
-                con.close()
-                return
-            try:
-                outcomes = self._commit(con, group)
+                outcomes = self._commit(con, prepared)
             except BaseException as exc:  # every waiter must hear back, whatever happened
                 log.exception("group commit failed")
                 with contextlib.suppress(Exception):  # no transaction may be open
                     run(con, "ROLLBACK")
-                for sub in group:
+                for sub in prepared.group:
                     sub.future.set_exception(exc)
                 continue
-            for sub, outs in zip(group, outcomes, strict=True):
+            for sub, outs in zip(prepared.group, outcomes, strict=True):
                 sub.future.set_result(outs)
+        con.close()
 
-    def _commit(self, con: Any, group: list[Submission]) -> list[list[ingest.Outcome]]:
+    def _prepare(self, con: Any, group: list[Submission]) -> _Prepared:
         now = datetime.now(UTC).replace(tzinfo=None)
         s = self._settings
         req_rows: dict[str, list[Any]] = {n: [] for n in REQUEST_SCHEMA.names}
@@ -227,34 +253,51 @@ class Writer:
         if window and not any(sub.full_dedupe for sub in group):
             since = now - timedelta(hours=window)
             window_filter = f"AND received_at >= TIMESTAMP '{since.isoformat(sep=' ')}'"
-        values = {
+        values: dict[str, Any] = {
             "max_batch": s.max_batch_events if all(b.batch_limit for b in group) else 1 << 62,
             "max_message_id": s.max_message_id_chars,
             "max_event_bytes": s.max_event_bytes,
             "calls": "(" + ", ".join(f"'{c}'" for c in ingest.CALLS) + ")",
             "window_filter": window_filter,
             "spec_struct": ingest.SPEC_STRUCT,
+            "now": now.isoformat(sep=" "),
+            # Stage 2 reads the validated rows this stage leaves behind.
+            "normalize": "SELECT * FROM staged",
         }
-        run(con, "BEGIN TRANSACTION")
-        load_id = run(con, "SELECT nextval('load_seq')")[0][0]
-        values["load_id"] = load_id
-        values["now"] = now.isoformat(sep=" ")
+        tables: dict[str, pa.Table] = {}
         con.register("requests", requests)
-        _materialize(con, ingest.substitute(ingest.REQUEST_CHECK_SQL, values))
-        con.unregister("requests")
+        tables["req_checked"] = _materialize(con, ingest.REQUEST_CHECK_SQL, values)
         if items_in and not requests.num_rows:
-            # A file import: its lines are the items as they are (no copy).
-            # Small record batches let DuckDB scan them on every core.
-            con.register("items", pa.Table.from_batches(
-                items_in[0].to_batches(max_chunksize=_BATCH_ROWS), items_in[0].schema))
+            # A file import: its lines are the items as they are (no copy). Small record
+            # batches let DuckDB scan them on every core.
+            tables["items"] = pa.Table.from_batches(
+                items_in[0].to_batches(max_chunksize=_BATCH_ROWS), items_in[0].schema)
+            con.register("items", tables["items"])
         else:
             if items_in:
                 con.register("items_in", items_in[0])
             values["file_items"] = ingest.FILE_ITEMS_SQL if items_in else ""
-            _materialize(con, ingest.substitute(ingest.EXPLODE_SQL, values))
-        values["normalize"] = ingest.substitute(ingest.NORMALIZE_SQL, values)
+            tables["items"] = _materialize(con, ingest.EXPLODE_SQL, values)
+        tables["staged"] = _materialize(
+            con, "CREATE OR REPLACE TEMP TABLE staged AS\n" + ingest.NORMALIZE_SQL, values)
+        for name in ("requests", "items_in", "items", "req_checked", "staged"):
+            with contextlib.suppress(Exception):
+                con.unregister(name)
+        origin = group[0].requests[0].origin if group[0].requests else "import"
+        file = group[0].requests[0].file if group[0].requests else None
+        if items_in:
+            file = items_in[0].column("file")[0].as_py() if len(items_in[0]) else None
+        return _Prepared(group, spans, now, values, tables, origin, file)
+
+    def _commit(self, con: Any, prep: _Prepared) -> list[list[ingest.Outcome]]:
+        values = prep.values
+        for name, table in prep.tables.items():
+            con.register(name, table)
+        run(con, "BEGIN TRANSACTION")
+        load_id = run(con, "SELECT nextval('load_seq')")[0][0]
+        values["load_id"] = load_id
         for sql in (ingest.CLASSIFY_SQL, ingest.INSERT_EVENTS_SQL):
-            _materialize(con, ingest.substitute(sql, values))
+            _materialize(con, sql, values)
         summary = {row[0]: row[1:] for row in run(con, ingest.SUMMARY_SQL)}
         failures: dict[int, list[tuple[Any, list[str]]]] = {}
         kinds: set[str] = set()
@@ -268,59 +311,64 @@ class Writer:
                           ("conflict", ingest.FAIL_CONFLICTS_SQL)):
             if kind in kinds:
                 run(con, ingest.substitute(sql, values))
-        for name in ("items", "items_in"):
-            with contextlib.suppress(Exception):
-                con.unregister(name)
         totals = [sum(v[i] for v in summary.values()) for i in range(3)]
         n_failed = sum(len(v) for v in failures.values()) - totals[2]
-        origin = group[0].requests[0].origin if group[0].requests else "import"
-        file = group[0].requests[0].file if group[0].requests else None
-        if items_in:
-            file = items_in[0].column("file")[0].as_py() if len(items_in[0]) else None
         run(
             con,
             "INSERT INTO loads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [load_id, origin, now, totals[0], totals[1], totals[2], n_failed, file],
+            [load_id, prep.origin, prep.now, totals[0], totals[1], totals[2], n_failed,
+             prep.file],
         )
         run(con, "COMMIT")
+        for name in (*prep.tables, "classified"):
+            with contextlib.suppress(Exception):
+                con.unregister(name)
         self.commits += 1
         result: list[list[ingest.Outcome]] = []
-        for start, end in spans:
+        for start, end in prep.spans:
             outs = []
             for i in range(start, end):
                 acc, dup, conf = summary.get(i, (0, 0, 0))
-                fails = failures.get(i, [])
                 out = ingest.Outcome(acc, dup, conf, load_id=load_id)
-                for pos, reasons in fails:
+                for pos, reasons in failures.get(i, []):
                     if pos is None:
                         out.request_reason = reasons[0]
                     else:
-                        out.failures.append(
-                            {
-                                "index": pos,
-                                "reason_codes": reasons,
-                                "reasons": ingest.describe(reasons),
-                            }
-                        )
+                        out.failures.append({"index": pos, "reason_codes": reasons,
+                                             "reasons": ingest.describe(reasons)})
                 outs.append(out)
             result.append(outs)
         return result
 
 
+@dataclass
+class _Prepared:
+    """A group parsed and validated by stage 1, waiting for its commit."""
+
+    group: list[Submission]
+    spans: list[tuple[int, int]]
+    now: datetime
+    values: dict[str, Any]
+    tables: dict[str, pa.Table]
+    origin: str
+    file: str | None
+
 _TEMP = "CREATE OR REPLACE TEMP TABLE "
 _BATCH_ROWS = 16_384  # an Arrow record batch is DuckDB's unit of parallel scanning
 
 
-def _materialize(con: Any, sql: str) -> None:
+def _materialize(con: Any, sql: str, values: dict[str, Any]) -> pa.Table | None:
     """Run a pipeline step; a ``CREATE TEMP TABLE name AS`` step is kept as Arrow instead.
 
     Writing a temp table costs DuckDB 2.0 about 40x the query itself (compression of new
     row groups: 478 ms vs 11 ms for 800 events, measured); an intermediate that lives for one
     transaction is cheaper as an Arrow table registered under the same name.
     """
-    text = sql.lstrip()
+    text = ingest.substitute(sql, values).lstrip()
     if not text.startswith(_TEMP):
-        run(con, sql)
-        return
+        run(con, text)
+        return None
     name, _, select = text[len(_TEMP):].partition(" AS\n")
-    con.register(name.strip(), con.sql(select).to_arrow_table(_BATCH_ROWS))
+    table = con.sql(select).to_arrow_table(_BATCH_ROWS)
+    con.register(name.strip(), table)
+    return table
