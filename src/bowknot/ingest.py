@@ -1,14 +1,18 @@
 """The event contract: the Segment spec, validated, corrected and deduplicated in the engine.
 
-Every way in (HTTP, the library, file import, replay) hands raw JSON text to the single writer,
-which runs the three SQL steps below in one transaction over everything it has gathered:
+Every way in (HTTP, the library, file import, replay) hands raw JSON text to the single writer
+(``store/writer.py``), which runs these SQL steps over everything it has gathered:
 
 1. ``explode``: request bodies become items (a batch's ``batch[]`` is unnested, its ``context``,
-   ``integrations`` and ``sentAt`` are carried onto each item);
-2. ``normalize``: every item is parsed once, checked against the contract, and gets a list of
-   typed reasons (empty when valid) and its corrected ``timestamp``;
-3. ``commit``: invalid items go to ``failed_events`` with their raw text; valid ones are
-   deduplicated on (source, messageId) and appended to ``events``.
+   ``integrations`` and ``sentAt`` are carried onto each item); file lines already are items;
+2. ``normalize``: every item is parsed once, checked against the contract (``RULES``), and gets
+   a list of typed reasons (empty when valid) and its corrected ``timestamp``;
+3. ``classify`` and append, in one transaction: valid items are deduplicated on
+   (source, messageId) and appended to ``events``; everything refused goes to
+   ``failed_events`` with its raw text.
+
+Steps 1-2 touch no table, so the writer runs them for the next group while step 3 commits the
+previous one.
 
 The work is vectorised in DuckDB: there is no Python loop per event.
 """
@@ -47,8 +51,7 @@ REASONS: dict[str, str] = {
 # --- step 1: request bodies -> items -------------------------------------------------------
 # requests(req, source, origin, call, body, received_at, trusted, file)
 REQUEST_CHECK_SQL = """
-CREATE OR REPLACE TEMP TABLE req_checked AS
-WITH parsed AS (
+WITH parsed_body AS (
   -- A batch body is parsed once, here; the slower checks below only run for bodies that
   -- did not parse as a batch, to say why.
   SELECT r.*,
@@ -56,7 +59,7 @@ WITH parsed AS (
       '"sentAt": "VARCHAR", "context": "JSON", "integrations": "JSON"}')) END AS b
   FROM requests r
 )
-SELECT parsed.*,
+SELECT parsed_body.*,
        CASE
          WHEN call = 'invalid_encoding' THEN 'invalid_encoding'
          WHEN b.batch IS NOT NULL THEN
@@ -65,11 +68,10 @@ SELECT parsed.*,
          WHEN call = 'batch' AND json_type(body) <> 'OBJECT' THEN 'not_an_object'
          WHEN call = 'batch' THEN 'batch_not_a_list'
        END AS request_reason
-FROM parsed
+FROM parsed_body
 """
 
 EXPLODE_SQL = """
-CREATE OR REPLACE TEMP TABLE items AS
 SELECT req, pos, source, origin, NULL::VARCHAR AS call, raw::VARCHAR AS raw, received_at,
        trusted, file, batch_sent_at, batch_context, batch_integrations
 FROM (
@@ -169,7 +171,7 @@ WITH parsed AS (
 SELECT
   req, pos,
   CASE WHEN trusted AND f_source IS NOT NULL THEN f_source ELSE source END AS source,
-  origin, call, trusted, file,
+  origin, call, trusted, file$raw_column,
   -- Most events pass: the reason list is only built for those that do not.
   CASE WHEN """ + " OR ".join(f"coalesce(r_{code}, false)" for code, _ in RULES) + """
        THEN list_filter([""" + ", ".join(
@@ -198,20 +200,28 @@ SELECT
 FROM checked
 """
 
-# --- step 3: staged -> events / failed_events -----------------------------------------------
-FAIL_REQUESTS_SQL = """
-INSERT INTO failed_events (load_id, source, origin, call, received_at, file, position,
-                           reasons, raw)
-SELECT $load_id, source, origin, call, received_at, file, NULL, [request_reason], body
+# Request bodies go from text to validated rows in one statement (each statement costs
+# DuckDB's planner several milliseconds, which dominates small group commits). A request
+# refused as a whole becomes one row with no position, carrying its body.
+PREPARE_REQUESTS_SQL = (
+    "CREATE OR REPLACE TEMP TABLE staged AS\nWITH req_checked AS (" + REQUEST_CHECK_SQL
+    + "), items AS (" + EXPLODE_SQL + "), staged AS (" + NORMALIZE_SQL + """)
+SELECT * FROM staged
+UNION ALL BY NAME
+SELECT req, NULL::BIGINT AS pos, source, origin, call, trusted, file, body AS raw,
+       received_at, [request_reason] AS reasons
 FROM req_checked WHERE request_reason IS NOT NULL
-"""
+""")
+
+# --- step 3: staged -> events / failed_events -----------------------------------------------
 
 FAIL_ITEMS_SQL = """
 INSERT INTO failed_events (load_id, source, origin, call, received_at, file, position,
                            message_id, reasons, raw)
 SELECT $load_id, s.source, s.origin, s.call, s.received_at, s.file, s.pos, s.message_id,
        s.reasons, rtrim(i.raw, chr(13) || chr(10))
-FROM classified s JOIN items i USING (req, pos) WHERE s.outcome = 'failed'
+FROM classified s JOIN raws i ON i.req = s.req AND i.pos IS NOT DISTINCT FROM s.pos
+WHERE s.outcome = 'failed'
 """
 
 # A duplicate is the same (source, messageId); it is a harmless re-send when its payload
@@ -266,7 +276,7 @@ INSERT INTO failed_events (load_id, source, origin, call, received_at, file, pos
                            message_id, reasons, raw)
 SELECT $load_id, c.source, c.origin, c.call, c.received_at, c.file, c.pos, c.message_id,
        ['message_id_conflict'], rtrim(i.raw, chr(13) || chr(10))
-FROM classified c JOIN items i USING (req, pos) WHERE c.outcome = 'conflict'
+FROM classified c JOIN raws i USING (req, pos) WHERE c.outcome = 'conflict'
 """
 
 SUMMARY_SQL = """
@@ -281,8 +291,6 @@ ITEM_FAILURES_SQL = """
 SELECT req, pos, reasons FROM classified WHERE outcome = 'failed'
 UNION ALL
 SELECT req, pos, ['message_id_conflict'] FROM classified WHERE outcome = 'conflict'
-UNION ALL
-SELECT req, NULL, [request_reason] FROM req_checked WHERE request_reason IS NOT NULL
 ORDER BY req, pos
 """
 

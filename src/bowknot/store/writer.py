@@ -265,22 +265,24 @@ class Writer:
             "normalize": "SELECT * FROM staged",
         }
         tables: dict[str, pa.Table] = {}
-        con.register("requests", requests)
-        tables["req_checked"] = _materialize(con, ingest.REQUEST_CHECK_SQL, values)
         if items_in and not requests.num_rows:
-            # A file import: its lines are the items as they are (no copy). Small record
-            # batches let DuckDB scan them on every core.
-            tables["items"] = pa.Table.from_batches(
+            # A file import: its lines are the items as they are (no copy; small record
+            # batches let DuckDB scan them on every core), and the raw text stays there.
+            tables["raws"] = pa.Table.from_batches(
                 items_in[0].to_batches(max_chunksize=_BATCH_ROWS), items_in[0].schema)
-            con.register("items", tables["items"])
+            con.register("items", tables["raws"])
+            values["raw_column"] = ""
+            tables["staged"] = _materialize(
+                con, "CREATE OR REPLACE TEMP TABLE staged AS\n" + ingest.NORMALIZE_SQL, values)
         else:
+            con.register("requests", requests)
             if items_in:
                 con.register("items_in", items_in[0])
             values["file_items"] = ingest.FILE_ITEMS_SQL if items_in else ""
-            tables["items"] = _materialize(con, ingest.EXPLODE_SQL, values)
-        tables["staged"] = _materialize(
-            con, "CREATE OR REPLACE TEMP TABLE staged AS\n" + ingest.NORMALIZE_SQL, values)
-        for name in ("requests", "items_in", "items", "req_checked", "staged"):
+            values["raw_column"] = ", raw"
+            tables["staged"] = tables["raws"] = _materialize(
+                con, ingest.PREPARE_REQUESTS_SQL, values)
+        for name in ("requests", "items_in", "items", "staged"):
             with contextlib.suppress(Exception):
                 con.unregister(name)
         origin = group[0].requests[0].origin if group[0].requests else "import"
@@ -306,11 +308,10 @@ class Writer:
             kinds.add("request" if pos is None else
                       "conflict" if reasons == ["message_id_conflict"] else "item")
         # Rejections are rare: the statements that keep them run only when there are some.
-        for kind, sql in (("request", ingest.FAIL_REQUESTS_SQL),
-                          ("item", ingest.FAIL_ITEMS_SQL),
-                          ("conflict", ingest.FAIL_CONFLICTS_SQL)):
-            if kind in kinds:
-                run(con, ingest.substitute(sql, values))
+        if kinds & {"request", "item"}:
+            run(con, ingest.substitute(ingest.FAIL_ITEMS_SQL, values))
+        if "conflict" in kinds:
+            run(con, ingest.substitute(ingest.FAIL_CONFLICTS_SQL, values))
         totals = [sum(v[i] for v in summary.values()) for i in range(3)]
         n_failed = sum(len(v) for v in failures.values()) - totals[2]
         run(
