@@ -259,7 +259,12 @@ def main() -> None:
         result["import"] = bench_import(path)
         print(f"  ratio bowknot / read_json: {result['import']['ratio_bowknot_vs_read_json']:.2f}")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"ingest-{args.events}.json"
+    parts = [f"ingest-{args.events}"]
+    if not args.skip_http:
+        parts.append(f"http-{args.clients}-clients")
+    if not args.skip_import:
+        parts.append("import")
+    out = RESULTS / ("-".join(parts) + ".json")
     out.write_text(json.dumps(result, indent=2, default=str))
     print(f"written to {out}")
 
