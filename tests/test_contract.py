@@ -177,3 +177,13 @@ def test_events_are_an_ibis_table(ws: bowknot.Workspace) -> None:
     events = ws.table("events")
     by_event = events.group_by("event").agg(n=events.count()).order_by("event").to_pyarrow()
     assert by_event.to_pylist() == [{"event": "A", "n": 1}, {"event": "B", "n": 1}]
+
+
+def test_library_input_json_cannot_hold_is_refused_clearly(ws: bowknot.Workspace) -> None:
+    big = {"type": "track", "event": "A", "userId": "u", "properties": {"n": 2**70}}
+    assert ws.ingest([big]).accepted == 1  # any integer is valid JSON
+    assert "1180591620717411303424" in stored(ws)[0]["properties"]
+    with pytest.raises(ValidationError, match="cannot be written as JSON"):
+        ws.track("A", user_id="u", properties={"x": object()})
+    with pytest.raises(ValidationError, match="cannot be written as JSON"):
+        ws.track("A", user_id="u", properties={"x": float("nan")})

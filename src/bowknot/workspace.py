@@ -5,9 +5,10 @@ The CLI, the HTTP API and the pages are thin shells over it.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -264,4 +265,29 @@ def _spec(fields: Mapping[str, Any], **named: Any) -> dict[str, Any]:
 
 
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode()
+    """JSON text of library input; what JSON cannot hold is refused with the reason."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode()
+    except TypeError:
+        pass
+    # orjson stops at 64-bit integers; the standard library writes any integer, and the
+    # engine keeps such numbers as they are in the JSON text.
+    try:
+        return json.dumps(value, default=_json_default, ensure_ascii=False,
+                          allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"The event cannot be written as JSON ({exc}); pass strings, numbers, booleans, "
+            "None, lists, dicts and datetimes only.",
+            code="not_json",
+        ) from None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
