@@ -81,13 +81,17 @@ def test_gzip_bodies(client: TestClient, write_key: str, ws: bowknot.Workspace) 
     r = client.post("/v1/batch", auth=(write_key, ""), content=b"not gzip",
                     headers={"Content-Encoding": "gzip"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_gzip"
+    assert ws.failures.list(reason="invalid_gzip")[0]["raw"] == "not gzip"
 
 
-def test_oversize_request_is_413(client: TestClient, write_key: str) -> None:
+def test_oversize_request_is_413_and_kept(client: TestClient, write_key: str,
+                                          ws: bowknot.Workspace) -> None:
     big = {"batch": [{"type": "track", "userId": "u", "event": "A",
                       "properties": {"x": "y" * 20_000}} for _ in range(30)]}
     r = post(client, "/v1/batch", write_key, big)
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    [kept] = ws.failures.list()  # the first max_request_bytes are kept for inspection
+    assert kept["reasons"][0]["code"] == "request_too_large" and len(kept["raw"]) == 500 * 1024
     # A gzip body that inflates past the limit is refused the same way.
     r = client.post("/v1/batch", auth=(write_key, ""), content=gzip.compress(b" " * 2_000_000),
                     headers={"Content-Encoding": "gzip"})
@@ -106,9 +110,11 @@ def test_too_many_events_is_413_and_kept(client: TestClient, write_key: str,
 
 def test_invalid_json_is_400_and_kept(client: TestClient, write_key: str,
                                       ws: bowknot.Workspace) -> None:
+    r = client.post("/v1/track", auth=(write_key, ""), content=b'{"event": "\xff"}')
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_encoding"
     r = client.post("/v1/batch", auth=(write_key, ""), content=b"{oops")
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
-    assert ws.failures.list()[0]["raw"] == "{oops"
+    assert ws.failures.list(reason="invalid_json")[0]["raw"] == "{oops"
     r = client.post("/v1/batch", auth=(write_key, ""), content=b'{"batch": 3}')
     assert r.json()["error"]["code"] == "batch_not_a_list"
 

@@ -49,6 +49,16 @@ class Failures:
             row["reasons"] = ingest.describe(row["reasons"])
         return rows
 
+    def keep(self, source: str, call: str, raw: str, reason: str,
+             origin: str = "http") -> None:
+        """Keep a request refused before it reached the writer (too large, bad encoding)."""
+        run(
+            self._ws.store.cursor(),
+            "INSERT INTO failed_events (source, origin, call, received_at, reasons, raw) "
+            "VALUES (?, ?, ?, now()::TIMESTAMP, [?], ?)",
+            [source, origin, call, reason, raw],
+        )
+
     def summary(self) -> builtins.list[dict[str, Any]]:
         return self._ws.store.query("""
             SELECT reason, count(*) AS n, max(received_at) AS last_received_at

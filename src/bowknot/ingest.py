@@ -32,7 +32,10 @@ REASONS: dict[str, str] = {
     "not_an_object": 'The event must be a JSON object such as {"type": "track", ...}.',
     "batch_not_a_list": "A batch request needs a `batch` array of events.",
     "too_many_events": "The batch holds more events than max_batch_events allows; split it.",
-    "request_too_large": "The request body exceeds max_request_bytes; send smaller batches.",
+    "request_too_large": "The request body exceeds max_request_bytes (500 KB); send smaller "
+    "batches.",
+    "invalid_gzip": "The body is marked gzip (Content-Encoding) but is not valid gzip; send it "
+    "uncompressed or fix the encoding.",
     "invalid_type": "`type` must be one of track, identify, page, screen, group, alias.",
     "missing_identity": "Every event needs a non-empty `userId` or `anonymousId`.",
     "missing_event": "A track call needs a non-empty `event` name.",
@@ -61,7 +64,6 @@ WITH parsed_body AS (
 )
 SELECT parsed_body.*,
        CASE
-         WHEN call = 'invalid_encoding' THEN 'invalid_encoding'
          WHEN b.batch IS NOT NULL THEN
            CASE WHEN len(b.batch) > $max_batch THEN 'too_many_events' END
          WHEN NOT json_valid(body) THEN 'invalid_json'

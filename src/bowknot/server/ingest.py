@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from .. import ingest
@@ -46,10 +47,11 @@ def _write_key(request: Request, body: bytes) -> str | None:
     return key if isinstance(key, str) else None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, gunzipped, refusing anything larger than ``limit`` bytes.
+async def _read_body(request: Request, limit: int) -> tuple[bytes, str | None]:
+    """The request body, gunzipped, and what was wrong with it, if anything.
 
-    Reading stops at the limit, so a huge or gzip-bomb body costs at most ``limit`` bytes.
+    Reading stops at ``limit`` bytes, so a huge or gzip-bomb body costs at most that much;
+    what was read is returned either way, to be kept with the refusal.
     """
     gzipped = "gzip" in request.headers.get("content-encoding", "").lower()
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
@@ -58,25 +60,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if inflater is not None:
             try:
                 chunk = inflater.decompress(chunk, limit + 1 - len(out))
-            except zlib.error as exc:
-                raise BowknotError(
-                    f"The body is marked gzip but is not valid gzip ({exc}); send it "
-                    "uncompressed or fix the encoding.",
-                    code="invalid_gzip",
-                ) from None
+            except zlib.error:
+                return bytes(out) + chunk[: max(0, limit - len(out))], "invalid_gzip"
         out += chunk
         if len(out) > limit:
-            raise PayloadTooLarge(
-                f"The request body is larger than {limit} bytes (max_request_bytes); send "
-                "smaller batches."
-            )
-    return bytes(out)
+            return bytes(out[:limit]), "request_too_large"
+    return bytes(out), None
 
 
 async def _collect(request: Request, call: str) -> JSONResponse:
     ws: Workspace = request.app.state.ws
     settings = ws.settings
-    body = await _read_body(request, settings.max_request_bytes)
+    body, problem = await _read_body(request, settings.max_request_bytes)
     key = _write_key(request, body)
     source = ws.access.source_for_key(key) if key else None
     if source is None:
@@ -84,16 +79,27 @@ async def _collect(request: Request, call: str) -> JSONResponse:
             "Missing or unknown write key. Send the source's write key as the HTTP Basic "
             "username (`bowknot sources create NAME` makes one)."
         )
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        # Keep what was sent (as well as it can be shown) and say why it was refused.
-        text = body.decode("utf-8", "replace")
-        call = "invalid_encoding"
+    text = body.decode("utf-8", "replace")
+    if problem is None and "\ufffd" in text and _not_utf8(body):
+        problem = "invalid_encoding"
+    if problem is not None:
+        # Refused before parsing: kept (up to max_request_bytes) where it can be inspected.
+        await run_in_threadpool(ws.failures.keep, source, call, text, problem)
+        error = PayloadTooLarge if problem == "request_too_large" else BowknotError
+        raise error(ingest.REASONS[problem] + " The request was kept in failed events.",
+                    code="payload_too_large" if problem == "request_too_large" else problem)
     sub = Submission([WriteRequest(source, call, text)])
     future = ws.writer.submit(sub)  # raises Overloaded -> 429 with Retry-After
     out = (await asyncio.wrap_future(future))[0]
     return _answer(out)
+
+
+def _not_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def _answer(out: ingest.Outcome) -> JSONResponse:
