@@ -34,6 +34,7 @@ test: $(STAMP) browser
 
 docs: $(STAMP)
 	$(BIN)/bowknot settings --markdown > docs/settings.md
+	$(BIN)/bowknot contract > docs/contract.md
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py

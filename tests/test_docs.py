@@ -18,6 +18,17 @@ def test_settings_doc_is_generated_from_the_table() -> None:
         "docs/settings.md is stale: run `make docs`")
 
 
+def test_contract_doc_is_generated_from_the_reasons() -> None:
+    from bowknot.ingest import RULES, contract_markdown
+
+    assert (ROOT / "docs" / "contract.md").read_text() == contract_markdown(), (
+        "docs/contract.md is stale: run `make docs`")
+    # Every rule the engine checks has a reason that says how to fix it.
+    from bowknot.ingest import REASONS
+
+    assert {code for code, _ in RULES} <= set(REASONS)
+
+
 def test_every_setting_has_help_and_env_override() -> None:
     for s in SETTINGS:
         assert s.help.strip().endswith("."), s.name

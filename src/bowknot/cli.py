@@ -260,6 +260,14 @@ def sql(query: str, db: Path, as_json: bool) -> None:
 
 # -- settings ------------------------------------------------------------------------------
 @main.command()
+def contract() -> None:
+    """Print the reasons an event can be refused for, with their fixes (docs/contract.md)."""
+    from .ingest import contract_markdown
+
+    click.echo(contract_markdown(), nl=False)
+
+
+@main.command()
 @click.option("--markdown", is_flag=True, help="Print the docs/settings.md table.")
 def settings(markdown: bool) -> None:
     """List every setting with its environment variable, default and help."""

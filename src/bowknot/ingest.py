@@ -322,6 +322,22 @@ class Outcome:
         }
 
 
+def contract_markdown() -> str:
+    """docs/contract.md: every reason an event or request can be refused for, and the fix."""
+    lines = [
+        "# The event contract",
+        "",
+        "Generated from `bowknot.ingest.REASONS` (`bowknot settings` lists the limits).",
+        "Every refused event or request is kept in `failed_events` with its raw text and these",
+        "codes; `bowknot failed list` shows them and `bowknot failed replay` sends them again.",
+        "",
+        "| code | what was wrong, and the fix |",
+        "|---|---|",
+    ]
+    lines += [f"| `{code}` | {message} |" for code, message in REASONS.items()]
+    return "\n".join(lines) + "\n"
+
+
 def describe(codes: list[str]) -> list[dict[str, str]]:
     """Reason codes with the message that says how to fix each."""
     return [{"code": c, "message": REASONS.get(c, c)} for c in codes]
