@@ -1,75 +1,435 @@
-"""The knot, first layer: the identifiers each event carries, normalised and guarded.
+"""The knot: identifiers, the identity graph, and its resolution into persons.
 
-Issue 4 builds persons from these (the identity graph, merges and unmerges); this module is
-the part every resolution strategy needs: which (type, value) pairs an event holds. It is one
-SQL query over ``events`` (no Python loop per event), so it runs on any engine DuckDB or Ibis
-can reach.
+Everything here is SQL run by the engine (no Python loop per event, identifier or person); the
+only Python loops are over *iterations* of graph algorithms (a handful per build).
 
-Guardrails (settings): values that identify nobody are dropped before they can fuse people:
-Segment's suggested blocked values (``^[0-]*$``, ``-1``, ``null``, ``anonymous``) and PostHog's
-illegal ids (``undefined``, ``guest``, ``0``, ``NaN``, ``[object Object]``, blank, ... also when
-quoted), see ../shared/reference/cdp-anchors.md section 4.
+**Identifiers.** Each event carries identifiers, in priority order: ``user_id``,
+``anonymous_id``, the normalised ``email`` (traits or context.traits), the configured id traits
+(``phone``), ``context.externalIds[]`` (their own type) and an alias's ``previousId`` (an
+anonymous id). Guardrails drop values that identify nobody (settings
+``identity_blocked_values`` and ``identity_blocked_pattern``: Segment's and PostHog's lists).
+An event's *primary* identifier is the first valid one: the event belongs to the person of its
+primary identifier.
+
+**The graph.** Nodes are identifiers (``node`` = hash of type and value); an event with several
+identifiers links its primary to each other one; only the earliest link of each pair is kept
+(its time and event key), which is all resolution needs.
+
+**Resolution.** Connected components of the graph are *clusters*. ``user_id`` is unique: two
+user ids never share a person; identifiers named in unmerges (``identity_overrides``) are
+treated the same way. A cluster with at most one such *anchor* is one person. In a cluster with
+several anchors (a shared device, an alias between two customers) every other identifier joins
+the anchor it was linked to first: the anchor whose path to it has the earliest latest link
+(a minimax path, computed by iterated relaxation). This is exactly what processing the events
+in time order would give (each link joins two groups unless both have an anchor), but it is a
+function of the set of events, not of their arrival order, so late events and incremental
+builds give the same persons as a full rebuild. Per-type limits (``identity_limits``) keep the
+earliest identifiers of a type and detach the rest as persons of their own.
+
+**Person ids.** A person's id is derived from its *root*, the identifier seen first
+(``p_`` + 16 hex digits of md5), so a merge keeps the older person's id. Ids that stop
+existing (merged, renamed by a late older event) are kept in ``person_redirects``; every
+change is written to ``identity_log`` with its cause (the event and identifier that linked
+the two sides), and a merge can be undone (:func:`unmerge`), which makes both roots anchors.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .settings import Settings
+import duckdb
 
-# The kinds of identifier read from every event, besides the id traits a user configures.
-BUILT_IN = ("user_id", "anonymous_id", "email", "previous_id", "external")
+from .errors import NotFound, ValidationError
+from .settings import Settings
+from .store.engine import run
+
+# Types whose values identify a known person (anything but a device/cookie id).
+ANONYMOUS_TYPES = ("anonymous_id",)
+UNIQUE_TYPE = "user_id"
+
+DDL: tuple[str, ...] = (
+    "CREATE SEQUENCE IF NOT EXISTS identity_log_seq START 1",
+    "CREATE SEQUENCE IF NOT EXISTS build_seq START 1",
+    """CREATE TABLE IF NOT EXISTS id_nodes (
+        node UBIGINT, id_type VARCHAR, id_value VARCHAR,
+        first_seen STRUCT(ts TIMESTAMP, key UBIGINT), last_seen TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS id_edges (
+        a UBIGINT, b UBIGINT, first STRUCT(ts TIMESTAMP, key UBIGINT))""",
+    # The resolution: every identifier, its cluster and its person.
+    """CREATE TABLE IF NOT EXISTS identities (
+        node UBIGINT, id_type VARCHAR, id_value VARCHAR, cluster UBIGINT,
+        person_id VARCHAR, status VARCHAR, first_seen TIMESTAMP,
+        linked STRUCT(ts TIMESTAMP, key UBIGINT))""",
+    """CREATE TABLE IF NOT EXISTS identity_overrides (
+        node UBIGINT, id_type VARCHAR, id_value VARCHAR, log_id BIGINT, created_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS identity_log (
+        log_id BIGINT DEFAULT nextval('identity_log_seq'), logged_at TIMESTAMP, build_id BIGINT,
+        kind VARCHAR, person_id VARCHAR, other_person_id VARCHAR, cause_key UBIGINT,
+        cause_message_id VARCHAR, cause_source VARCHAR, cause_id_type VARCHAR,
+        cause_id_value VARCHAR, nodes UBIGINT[], undone_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS person_redirects (
+        old_person_id VARCHAR, person_id VARCHAR, redirected_at TIMESTAMP)""",
+    # Nodes whose resolution must be recomputed by the next build (unmerge, privacy delete).
+    "CREATE TABLE IF NOT EXISTS identity_dirty (node UBIGINT)",
+    # Events attributed by an identifier other than userId/anonymousId (both blocked values).
+    "CREATE TABLE IF NOT EXISTS event_fallback (key UBIGINT, node UBIGINT)",
+)
 
 
 def _quoted(values: list[str]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
 
-def _split(text: str) -> list[str]:
+def split_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def identifiers_sql(settings: Settings, where: str = "true") -> str:
-    """SELECT source, message_id, timestamp, id_type, id_value for events matching ``where``.
+def limits(settings: Settings) -> tuple[dict[str, int], int]:
+    """``identity_limits`` parsed: per-type limits and the default for other types."""
+    per: dict[str, int] = {}
+    default = 0
+    for part in split_list(settings.identity_limits):
+        name, _, number = part.partition("=")
+        try:
+            n = int(number)
+        except ValueError:
+            raise ValidationError(
+                f"identity_limits: '{part}' is not TYPE=NUMBER (e.g. 'email=5,*=5').",
+                setting="identity_limits",
+            ) from None
+        if n < 1:
+            raise ValidationError(
+                f"identity_limits: '{part}' must allow at least 1.", setting="identity_limits")
+        if name.strip() == "*":
+            default = n
+        else:
+            per[name.strip().lower()] = n
+    per[UNIQUE_TYPE] = 1
+    return per, default
 
-    Emails are trimmed and lower-cased; phone-like id traits keep digits and a leading ``+``;
-    ``context.externalIds[]`` contribute their own ``type``; ``previous_id`` is an alias's old
-    id. Blocked values never appear.
-    """
-    traits = _split(settings.identity_id_traits)
-    trait_rows = "".join(
-        f"""
-      UNION ALL SELECT source, message_id, timestamp, '{t}',
-        regexp_replace(coalesce(traits->>'{t}', context->'traits'->>'{t}'), '[^0-9+]', '', 'g')
-      FROM ev"""
+
+def ids_expr(settings: Settings) -> str:
+    """SQL over an ``events`` row: its valid identifiers, a list of {t, v} in priority order."""
+    traits = split_list(settings.identity_id_traits)
+    trait_items = "".join(
+        f""", {{'t': '{t}', 'v': CASE WHEN contains(traits, '"{t}"')
+                OR contains(context, '"{t}"') THEN regexp_replace(coalesce(traits->>'{t}',
+                context->'traits'->>'{t}'), '[^0-9+]', '', 'g') END}}"""
         for t in traits
     )
-    blocked = _quoted([v.lower() for v in _split(settings.identity_blocked_values)])
+    blocked = _quoted([v.lower() for v in split_list(settings.identity_blocked_values)])
     pattern = settings.identity_blocked_pattern.replace("'", "''")
-    return f"""
-    WITH ev AS (SELECT * FROM events WHERE {where}),
-    raw_ids AS (
-      SELECT source, message_id, timestamp, 'user_id' AS id_type, user_id AS id_value FROM ev
-      UNION ALL SELECT source, message_id, timestamp, 'anonymous_id', anonymous_id FROM ev
-      UNION ALL SELECT source, message_id, timestamp, 'email',
-        lower(trim(coalesce(traits->>'email', context->'traits'->>'email')))
-      FROM ev
-      UNION ALL SELECT source, message_id, timestamp, 'previous_id', previous_id FROM ev
-      UNION ALL SELECT source, message_id, timestamp, lower(trim(x.type)), trim(x.id)
-      FROM (SELECT source, message_id, timestamp,
-                   unnest(try(from_json(context->'externalIds',
-                                        '[{{"id": "VARCHAR", "type": "VARCHAR"}}]'))) AS x
-            FROM ev WHERE (context->'externalIds') IS NOT NULL){trait_rows}
-    )
-    SELECT source, message_id, timestamp, id_type, id_value
-    FROM raw_ids
-    WHERE id_value IS NOT NULL AND id_type IS NOT NULL AND id_type <> ''
+    return f"""list_filter(
+      [{{'t': 'user_id', 'v': user_id}},
+       {{'t': 'anonymous_id', 'v': anonymous_id}},
+       {{'t': 'email', 'v': CASE WHEN contains(traits, '"email"') OR contains(context, '"email"')
+          THEN lower(trim(coalesce(traits->>'email', context->'traits'->>'email'))) END}}
+       {trait_items}]
+      || coalesce(CASE WHEN contains(context, '"externalIds"') THEN list_transform(
+           try(from_json(context->'externalIds', '[{{"id": "VARCHAR", "type": "VARCHAR"}}]')),
+           lambda x: {{'t': lower(trim(x.type)), 'v': trim(x.id)}}) END, [])
+      || [{{'t': 'anonymous_id', 'v': previous_id}}],
       -- PostHog also matches illegal ids inside quotes ("null", 'undefined').
-      AND NOT list_contains({blocked}, lower(trim(id_value, ' "''')))
-      AND NOT regexp_full_match(id_value, '{pattern}')
+      lambda x: x.v IS NOT NULL AND x.t IS NOT NULL AND x.t <> ''
+        AND NOT list_contains({blocked}, lower(trim(x.v, ' "''')))
+        AND NOT regexp_full_match(x.v, '{pattern}'))"""
+
+
+def node_expr(item: str) -> str:
+    """The node id of an identifier struct (``hash(type, value)``)."""
+    return f"hash({item}.t, {item}.v)"
+
+
+def identifiers_sql(settings: Settings, where: str = "true") -> str:
+    """SELECT source, message_id, timestamp, id_type, id_value for events matching ``where``."""
+    return f"""
+    SELECT source, message_id, timestamp, x.t AS id_type, x.v AS id_value
+    FROM (SELECT source, message_id, timestamp, unnest({ids_expr(settings)}) AS x
+          FROM events WHERE {where})
     """
 
 
 def identifiers(ws: Any, where: str = "true") -> list[dict[str, Any]]:
     """The identifiers of the workspace's events (optionally filtered by a SQL condition)."""
-    return list(ws.sql(identifiers_sql(ws.settings, where) + " ORDER BY timestamp, id_type"))
+    return list(ws.sql(
+        "SELECT DISTINCT * FROM (" + identifiers_sql(ws.settings, where)
+        + ") ORDER BY timestamp, id_type"))
+
+
+def person_id_sql(id_type: str, id_value: str) -> str:
+    return f"'p_' || md5({id_type} || chr(31) || {id_value})[1:16]"
+
+
+# --- the graph ------------------------------------------------------------------------------
+
+def update_graph(con: duckdb.DuckDBPyConnection) -> None:
+    """Fold the new events' identifiers (temp table ``b_ev``: key, ts, ids) into the graph.
+
+    Leaves ``b_touched(node)``: nodes that are new or gained a link, whose clusters must be
+    resolved again.
+    """
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_occ AS
+        SELECT x.t AS id_type, x.v AS id_value, {node_expr('x')} AS node,
+               min({{'ts': ts, 'key': key}}) AS first_seen, max(ts) AS last_seen
+        FROM (SELECT key, ts, unnest(ids) AS x FROM b_ev) GROUP BY ALL""")
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_links AS
+        SELECT least(p, o) AS a, greatest(p, o) AS b, min({{'ts': ts, 'key': key}}) AS first
+        FROM (SELECT key, ts, {node_expr('ids[1]')} AS p, {node_expr('unnest(ids[2:])')} AS o
+              FROM b_ev WHERE len(ids) > 1)
+        WHERE p <> o GROUP BY ALL""")
+    # New identifiers, new links, and identifiers now seen earlier than before (a late
+    # event can change which identifier is a person's root, hence its id).
+    run(con, """CREATE OR REPLACE TEMP TABLE b_touched AS
+        SELECT node FROM b_occ ANTI JOIN id_nodes USING (node)
+        UNION SELECT o.node FROM b_occ o JOIN id_nodes n USING (node)
+              WHERE o.first_seen < n.first_seen
+        UNION SELECT a FROM b_links UNION SELECT b FROM b_links
+        UNION SELECT node FROM identity_dirty""")
+    run(con, """UPDATE id_nodes SET first_seen = least(id_nodes.first_seen, o.first_seen),
+        last_seen = greatest(id_nodes.last_seen, o.last_seen)
+        FROM b_occ o WHERE id_nodes.node = o.node""")
+    run(con, """INSERT INTO id_nodes SELECT node, id_type, id_value, first_seen, last_seen
+        FROM b_occ ANTI JOIN id_nodes USING (node)""")
+    run(con, """UPDATE id_edges SET first = least(id_edges.first, l.first)
+        FROM b_links l WHERE id_edges.a = l.a AND id_edges.b = l.b
+          AND l.first < id_edges.first""")
+    run(con, "INSERT INTO id_edges SELECT * FROM b_links ANTI JOIN id_edges USING (a, b)")
+    run(con, "DELETE FROM identity_dirty")
+
+
+def _components(con: duckdb.DuckDBPyConnection) -> int:
+    """Connected components of ``b_aff`` over ``b_edges``: ``b_cc(node, comp)``, comp = min node.
+
+    Label propagation with pointer jumping: each round every node takes the smallest label
+    among itself and its neighbours, then the label of its label. Rounds ~ log(diameter).
+    """
+    run(con, "CREATE OR REPLACE TEMP TABLE b_cc AS SELECT node, node AS comp FROM b_aff")
+    rounds = 0
+    while True:
+        rounds += 1
+        run(con, """CREATE OR REPLACE TEMP TABLE b_cc2 AS
+            WITH step AS (
+              SELECT node, min(comp) AS comp FROM (
+                SELECT node, comp FROM b_cc
+                UNION ALL SELECT e.b, c.comp FROM b_edges e JOIN b_cc c ON e.a = c.node
+                UNION ALL SELECT e.a, c.comp FROM b_edges e JOIN b_cc c ON e.b = c.node)
+              GROUP BY node)
+            SELECT s.node, least(s.comp, j.comp) AS comp
+            FROM step s JOIN step j ON j.node = s.comp""")
+        changed = run(con, """SELECT count(*) FROM b_cc2 JOIN b_cc USING (node)
+                              WHERE b_cc2.comp <> b_cc.comp""")[0][0]
+        run(con, "DROP TABLE b_cc")
+        run(con, "ALTER TABLE b_cc2 RENAME TO b_cc")
+        if not changed:
+            return rounds
+
+
+def _label(con: duckdb.DuckDBPyConnection) -> int:
+    """In clusters with several anchors, each node joins the anchor it was linked to first.
+
+    ``b_lab(node, best STRUCT(r STRUCT(ts, key), anchor))``: ``r`` is the latest link on the
+    path from the anchor (minimax); relaxation until nothing improves. Links never pass
+    through another anchor.
+    """
+    run(con, """CREATE OR REPLACE TEMP TABLE b_lab AS
+        SELECT node, {'r': {'ts': '-infinity'::TIMESTAMP, 'key': 0::UBIGINT},
+                      'anchor': node} AS best
+        FROM b_multi WHERE anchor""")
+    rounds = 0
+    while True:
+        rounds += 1
+        run(con, """CREATE OR REPLACE TEMP TABLE b_lab2 AS
+            SELECT node, min(best) AS best FROM (
+              SELECT node, best FROM b_lab
+              UNION ALL
+              SELECT m.node, {'r': greatest(l.best.r, e.first), 'anchor': l.best.anchor}
+              FROM b_medges e JOIN b_lab l ON l.node = e.x JOIN b_multi m ON m.node = e.y
+              WHERE NOT m.anchor)
+            GROUP BY node""")
+        changed = run(con, """SELECT count(*) FROM b_lab2 LEFT JOIN b_lab USING (node)
+                              WHERE b_lab.best IS NULL OR b_lab2.best <> b_lab.best""")[0][0]
+        run(con, "DROP TABLE b_lab")
+        run(con, "ALTER TABLE b_lab2 RENAME TO b_lab")
+        if not changed:
+            return rounds
+
+
+def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
+            full: bool) -> dict[str, Any]:
+    """Resolve the clusters of ``b_touched`` (or everything when ``full``) into persons.
+
+    Rewrites their rows of ``identities``, logs merges and splits, keeps redirects, and leaves
+    ``b_persons(person_id)``: every person whose identifiers changed (old and new ids).
+    """
+    if full:
+        run(con, """CREATE OR REPLACE TEMP TABLE b_aff AS
+            SELECT node FROM id_nodes UNION SELECT node FROM identities""")
+    else:
+        run(con, """CREATE OR REPLACE TEMP TABLE b_aff AS
+            SELECT node FROM identities WHERE cluster IN (
+              SELECT i.cluster FROM identities i JOIN b_touched USING (node))
+            UNION SELECT node FROM b_touched""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_edges AS
+        SELECT e.* FROM id_edges e SEMI JOIN b_aff ON e.a = b_aff.node""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_dedges AS
+        SELECT a AS x, b AS y, first FROM b_edges UNION ALL SELECT b, a, first FROM b_edges""")
+    rounds = _components(con)
+    per_type, default_limit = limits(settings)
+    # Anchors: user ids and the identifiers named by unmerges.
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_nodes AS
+        SELECT c.node, c.comp, n.id_type, n.id_value, n.first_seen,
+               n.id_type = '{UNIQUE_TYPE}' OR o.node IS NOT NULL AS anchor
+        FROM b_cc c JOIN id_nodes n USING (node)
+        LEFT JOIN (SELECT DISTINCT node FROM identity_overrides) o USING (node)""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_comp AS
+        SELECT comp, count_if(anchor) AS anchors FROM b_nodes GROUP BY comp""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_multi AS
+        SELECT node, anchor FROM b_nodes JOIN b_comp USING (comp) WHERE anchors > 1""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_medges AS
+        SELECT * FROM b_dedges SEMI JOIN b_multi ON x = b_multi.node""")
+    label_rounds = _label(con)
+    # group: the anchor for multi-anchor clusters, else the cluster; root: the first seen node.
+    run(con, """CREATE OR REPLACE TEMP TABLE b_group AS
+        SELECT n.*, coalesce(l.best.anchor, n.comp) AS grp,
+               coalesce(l.best.r, {'ts': '-infinity'::TIMESTAMP, 'key': 0::UBIGINT}) AS reach
+        FROM b_nodes n LEFT JOIN b_lab l USING (node)""")
+    limit_cases = " ".join(f"WHEN '{t}' THEN {n}" for t, n in per_type.items())
+    limit_sql = f"CASE id_type {limit_cases} ELSE {default_limit or 2**31} END"
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_ranked AS
+        SELECT *, row_number() OVER (PARTITION BY grp, id_type ORDER BY first_seen, node)
+                  > {limit_sql} AS over_limit
+        FROM b_group""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_final AS
+        SELECT node, id_type, id_value, comp AS cluster, first_seen,
+               CASE WHEN over_limit THEN node ELSE grp END AS grp,
+               CASE WHEN over_limit THEN 'over_limit' ELSE 'linked' END AS status
+        FROM b_ranked""")
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_new AS
+        WITH roots AS (
+          SELECT grp, arg_min({{'t': id_type, 'v': id_value}}, {{'f': first_seen, 'n': node}})
+                 AS root
+          FROM b_final GROUP BY grp),
+        links AS (  -- the earliest link of each node inside its own person
+          SELECT f.node, min(e.first) AS linked
+          FROM b_final f JOIN b_dedges e ON e.x = f.node JOIN b_final g ON g.node = e.y
+          WHERE g.grp = f.grp GROUP BY f.node)
+        SELECT f.node, f.id_type, f.id_value, f.cluster,
+               {person_id_sql('r.root.t', 'r.root.v')} AS person_id, f.status,
+               f.first_seen.ts AS first_seen, l.linked
+        FROM b_final f JOIN roots r USING (grp) LEFT JOIN links l USING (node)""")
+    # What changed: old person -> new person, for the log and the redirects.
+    run(con, """CREATE OR REPLACE TEMP TABLE b_moves AS
+        SELECT o.person_id AS old_id, n.person_id AS new_id, n.node
+        FROM identities o JOIN b_new n USING (node)""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_persons AS
+        SELECT DISTINCT person_id FROM identities SEMI JOIN b_aff USING (node)
+        UNION SELECT DISTINCT person_id FROM b_new""")
+    _log_changes(con, build_id)
+    run(con, "DELETE FROM identities WHERE node IN (SELECT node FROM b_aff)")
+    run(con, "INSERT INTO identities SELECT * FROM b_new")
+    return {"graph_rounds": rounds, "label_rounds": label_rounds,
+            "identifiers_resolved": run(con, "SELECT count(*) FROM b_new")[0][0]}
+
+
+def _log_changes(con: duckdb.DuckDBPyConnection, build_id: int) -> None:
+    """Log merges (an old person absorbed into another) and splits; keep redirects."""
+    # A merge: old person O's identifiers now belong to person P <> O, and O is gone.
+    run(con, """CREATE OR REPLACE TEMP TABLE b_gone AS
+        SELECT DISTINCT old_id FROM b_moves
+        WHERE old_id NOT IN (SELECT person_id FROM b_new)""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_merge_pairs AS
+        SELECT DISTINCT m.old_id, m.new_id FROM b_moves m SEMI JOIN b_gone USING (old_id)
+        WHERE m.old_id <> m.new_id""")
+    # The cause: the earliest link between the absorbed identifiers and the rest of P.
+    run(con, f"""INSERT INTO identity_log (logged_at, build_id, kind, person_id, other_person_id,
+                                          cause_key, cause_id_type, cause_id_value, nodes)
+        WITH cause AS (
+          SELECT m.old_id, m.new_id,
+                 min({{'f': e.first, 't': m_node.id_type, 'v': m_node.id_value}}) AS c
+          FROM b_moves m JOIN b_dedges e ON e.x = m.node
+          JOIN b_new o ON o.node = e.y AND o.person_id = m.new_id
+          JOIN b_new m_node ON m_node.node = m.node
+          LEFT JOIN b_moves mo ON mo.node = e.y
+          WHERE mo.old_id IS DISTINCT FROM m.old_id
+          GROUP BY m.old_id, m.new_id),
+        members AS (SELECT old_id, new_id, list(node ORDER BY node) AS nodes
+                    FROM b_moves GROUP BY old_id, new_id)
+        SELECT now()::TIMESTAMP, {build_id}, 'merge', p.new_id, p.old_id,
+               c.c.f.key, c.c.t, c.c.v, mb.nodes
+        FROM b_merge_pairs p
+        JOIN members mb ON mb.old_id = p.old_id AND mb.new_id = p.new_id
+        LEFT JOIN cause c ON c.old_id = p.old_id AND c.new_id = p.new_id""")
+    # A split: identifiers of a person that still exists now belong to another person.
+    run(con, f"""INSERT INTO identity_log (logged_at, build_id, kind, person_id, other_person_id)
+        SELECT DISTINCT now()::TIMESTAMP, {build_id}, 'split', old_id, new_id FROM b_moves
+        WHERE old_id <> new_id AND old_id NOT IN (SELECT old_id FROM b_gone)""")
+    run(con, """UPDATE identity_log SET cause_message_id = e.message_id, cause_source = e.source
+        FROM events e WHERE identity_log.cause_key = e.key
+          AND identity_log.cause_message_id IS NULL AND identity_log.cause_key IS NOT NULL
+          AND e.key IN (SELECT cause_key FROM identity_log WHERE cause_message_id IS NULL)""")
+    # Redirects: a gone id (and ids redirected to it) lead to where most of it went.
+    run(con, """CREATE OR REPLACE TEMP TABLE b_redirect AS
+        SELECT old_id, mode(new_id) AS new_id FROM b_moves SEMI JOIN b_gone USING (old_id)
+        GROUP BY old_id""")
+    run(con, """UPDATE person_redirects SET person_id = r.new_id
+        FROM b_redirect r WHERE person_redirects.person_id = r.old_id""")
+    run(con, """INSERT INTO person_redirects
+        SELECT old_id, new_id, now()::TIMESTAMP FROM b_redirect""")
+    # A person that exists again (an unmerge) is no longer redirected.
+    run(con, """DELETE FROM person_redirects
+        WHERE old_person_id IN (SELECT person_id FROM b_new)""")
+
+
+def unmerge(con: duckdb.DuckDBPyConnection, log_id: int) -> dict[str, Any]:
+    """Undo a logged merge: each side gets an anchor, so the two never fuse again.
+
+    A side's anchor is its user id if it has one, else its first seen identifier (made an
+    anchor by an override). The caller runs a build, which restores both persons (each
+    identifier goes back to the side it was linked to first) and logs the split.
+    """
+    rows = run(con, """SELECT kind, person_id, other_person_id, undone_at, nodes
+                       FROM identity_log WHERE log_id = ?""", [log_id])
+    if not rows:
+        raise NotFound(f"No identity change {log_id}; see a person's changes with "
+                       "`bowknot person ID` or GET /v1/persons/{id}.", log_id=log_id)
+    kind, kept, merged, undone, nodes = rows[0]
+    if kind != "merge":
+        raise ValidationError(f"Identity change {log_id} is a {kind}, not a merge.",
+                              log_id=log_id)
+    if undone is not None:
+        raise ValidationError(f"Merge {log_id} was already undone.", log_id=log_id)
+    run(con, "CREATE OR REPLACE TEMP TABLE u_side AS SELECT unnest(?::UBIGINT[]) AS node",
+        [list(nodes or [])])
+    # Both sides as they are now: the absorbed identifiers, and the rest of their person.
+    run(con, """CREATE OR REPLACE TEMP TABLE u_nodes AS
+        SELECT i.node, i.id_type, i.id_value, n.first_seen, u.node IS NOT NULL AS absorbed
+        FROM identities i JOIN id_nodes n USING (node) LEFT JOIN u_side u USING (node)
+        WHERE i.person_id IN (SELECT person_id FROM identities SEMI JOIN u_side USING (node))""")
+    sides = run(con, f"""SELECT absorbed, count_if(id_type = '{UNIQUE_TYPE}') AS users,
+               arg_min(node, {{'f': first_seen, 'n': node}}) AS root
+        FROM u_nodes GROUP BY absorbed""")
+    if len(sides) != 2:
+        raise ValidationError(
+            f"Merge {log_id} cannot be undone: one side no longer exists (deleted for privacy, "
+            "or already split).", log_id=log_id)
+    roots = [root for _, users, root in sides if users == 0]
+    run(con, """INSERT INTO identity_overrides
+        SELECT node, id_type, id_value, ?, now()::TIMESTAMP FROM id_nodes
+        WHERE node IN (SELECT unnest(?::UBIGINT[]))""", [log_id, roots])
+    run(con, "INSERT INTO identity_dirty SELECT node FROM u_nodes")
+    run(con, "UPDATE identity_log SET undone_at = now()::TIMESTAMP WHERE log_id = ?", [log_id])
+    return {"log_id": log_id, "person_id": kept, "restored_person_id": merged}
+
+
+def remerge(con: duckdb.DuckDBPyConnection, log_id: int) -> dict[str, Any]:
+    """Take an unmerge back: drop its overrides; the next build merges the persons again."""
+    rows = run(con, "SELECT undone_at FROM identity_log WHERE log_id = ? AND kind = 'merge'",
+               [log_id])
+    if not rows or rows[0][0] is None:
+        raise NotFound(f"Merge {log_id} has not been undone.", log_id=log_id)
+    run(con, """INSERT INTO identity_dirty SELECT node FROM identity_overrides WHERE log_id = ?
+                UNION SELECT unnest(nodes) FROM identity_log WHERE log_id = ?""",
+        [log_id, log_id])
+    run(con, "DELETE FROM identity_overrides WHERE log_id = ?", [log_id])
+    run(con, "UPDATE identity_log SET undone_at = NULL WHERE log_id = ?", [log_id])
+    return {"log_id": log_id}

@@ -121,6 +121,49 @@ SETTINGS: tuple[Setting, ...] = (
         "Traits (comma-separated) that identify a person, besides userId, anonymousId, "
         "email and context.externalIds; phone-like values keep digits and '+'.",
     ),
+    Setting(
+        "identity_limits",
+        "anonymous_id=100, *=5",
+        "Most identifiers of one type a person holds (TYPE=N, comma-separated; * for the "
+        "rest); user_id is always 1. Later identifiers past a limit become persons of their "
+        "own.",
+    ),
+    Setting(
+        "profile_trait_strategies",
+        "email=latest_non_empty, name=latest_non_empty, phone=latest_non_empty, "
+        "customer_since=first, first_booking_at=first, created_at=first, tags=union, "
+        "interests=union",
+        "How a trait is merged over a person's events (TRAIT=STRATEGY): latest, first, "
+        "latest_non_empty, sum or union.",
+    ),
+    Setting(
+        "profile_default_strategy",
+        "latest_non_empty",
+        "Strategy for traits not named in profile_trait_strategies.",
+    ),
+    Setting(
+        "booking_event",
+        "Booking Completed",
+        "The track event that is a booking (a purchase): counted in profiles and lifecycle.",
+    ),
+    Setting(
+        "revenue_property",
+        "revenue",
+        "The booking property summed as a person's revenue.",
+    ),
+    Setting(
+        "touch_events",
+        "Campaign Sent, Campaign Opened, Campaign Clicked",
+        "Track events that are marketing touches (their properties name the channel and "
+        "campaign_id); visits with UTM parameters (context.campaign) are touches too.",
+    ),
+    Setting(
+        "at_risk_days",
+        45,
+        "A customer with no activity for this many days before the workspace's latest "
+        "activity is at risk (lifecycle stage).",
+        int,
+    ),
     Setting("threads", 0, "DuckDB worker threads; 0 means one per core.", int),
     Setting(
         "memory_limit",

@@ -15,12 +15,16 @@ from typing import Any
 import duckdb
 import orjson
 
+from . import build as build_module
+from . import identity, profiles
 from .access import Access
 from .errors import BowknotError, QueryError, ValidationError
 from .failures import Failures
 from .ingest import CALLS, REASONS, Outcome
+from .persons import Persons
 from .settings import Settings
 from .store import Store, Writer
+from .store.engine import run
 from .store.writer import Request, Submission
 
 
@@ -34,6 +38,11 @@ class Workspace:
         self._writer: Writer | None = None
         self.access = Access(self.store)
         self.failures = Failures(self)
+        for statement in identity.DDL + profiles.DDL + build_module.DDL:
+            run(self.store.connection, statement)
+        profiles.create_view(self.store.connection, self.settings)
+        self.builder = build_module.Builder(self)
+        self.persons = Persons(self)
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -43,6 +52,7 @@ class Workspace:
         return self._writer
 
     def close(self) -> None:
+        self.builder.stop()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -192,6 +202,12 @@ class Workspace:
 
     def _write_requests(self, requests: list[Request]) -> list[Outcome]:
         return self.writer.write(Submission(requests))
+
+    # -- the pipeline ------------------------------------------------------------------
+    def build(self, full: bool = False) -> build_module.BuildResult:
+        """Bring identities, persons and profiles up to date (only what arrived since the
+        last build, unless ``full``)."""
+        return self.builder.build(full=full)
 
     # -- reads -------------------------------------------------------------------------
     def sql(self, query: str, params: list[Any] | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,225 @@
+"""Profiles: what is known about each person, kept up to date incrementally.
+
+Every event belongs to the identifier that is its *primary* (see identity.py), so per-identifier
+partial aggregates (``node_stats``, ``trait_stats``) are updated from new events alone, and a
+person's profile is the merge of its identifiers' partials. All aggregates are associative
+(sums, minima, maxima of (time, event key) pairs, sorted unions), so any order of arrival and
+any split into builds gives the same profile as a full rebuild.
+
+Trait strategies (setting ``profile_trait_strategies``): ``latest`` (the value of the latest
+event, even empty), ``first``, ``latest_non_empty`` (ignores null, "", [] and {}), ``sum``
+(numeric values added up) and ``union`` (the sorted distinct values, array elements
+flattened). Ties in time are broken by the event key, so results never depend on arrival.
+
+The ``profiles`` view adds the lifecycle stage: ``anonymous`` (no known identifier),
+``known``, ``customer`` (a booking) and ``at_risk`` (a customer inactive for
+``at_risk_days`` before the workspace's latest activity).
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from .errors import ValidationError
+from .identity import split_list
+from .settings import Settings
+from .store.engine import run
+
+STRATEGIES = ("latest", "first", "latest_non_empty", "sum", "union")
+
+_POINT = "STRUCT(ts TIMESTAMP, key UBIGINT, v JSON)"
+_TOUCH = "STRUCT(ts TIMESTAMP, key UBIGINT, channel VARCHAR, campaign VARCHAR, event VARCHAR)"
+
+DDL: tuple[str, ...] = (
+    f"""CREATE TABLE IF NOT EXISTS node_stats (
+        node UBIGINT, events BIGINT, pages BIGINT, screens BIGINT, tracks BIGINT,
+        identifies BIGINT, bookings BIGINT, revenue DECIMAL(38, 4),
+        first_booking_at TIMESTAMP, last_booking_at TIMESTAMP, first_event_at TIMESTAMP,
+        last_event_at TIMESTAMP, last_touch {_TOUCH})""",
+    f"""CREATE TABLE IF NOT EXISTS trait_stats (
+        node UBIGINT, trait VARCHAR, first {_POINT}, last {_POINT}, last_non_empty {_POINT},
+        total DECIMAL(38, 4), vals VARCHAR[])""",
+    """CREATE TABLE IF NOT EXISTS persons (
+        person_id VARCHAR, root_type VARCHAR, root_value VARCHAR, first_seen TIMESTAMP,
+        last_seen TIMESTAMP, known_at TIMESTAMP, identifiers INTEGER, cluster UBIGINT)""",
+    f"""CREATE TABLE IF NOT EXISTS profile_features (
+        person_id VARCHAR, events BIGINT, pages BIGINT, screens BIGINT, tracks BIGINT,
+        identifies BIGINT, bookings BIGINT, revenue DECIMAL(38, 4),
+        first_booking_at TIMESTAMP, last_booking_at TIMESTAMP, last_event_at TIMESTAMP,
+        last_touch {_TOUCH}, traits JSON)""",
+    """CREATE TABLE IF NOT EXISTS person_traits (
+        person_id VARCHAR, trait VARCHAR, value JSON, strategy VARCHAR)""",
+)
+
+
+def strategies(settings: Settings) -> dict[str, str]:
+    """``profile_trait_strategies`` parsed and checked."""
+    out: dict[str, str] = {}
+    default = settings.profile_default_strategy.strip()
+    if default not in STRATEGIES:
+        raise ValidationError(
+            f"profile_default_strategy '{default}' is not one of {', '.join(STRATEGIES)}.",
+            setting="profile_default_strategy")
+    for part in split_list(settings.profile_trait_strategies):
+        trait, _, strategy = part.partition("=")
+        strategy = strategy.strip()
+        if strategy not in STRATEGIES:
+            raise ValidationError(
+                f"profile_trait_strategies: '{part}' must be TRAIT=STRATEGY with a strategy "
+                f"among {', '.join(STRATEGIES)}.", setting="profile_trait_strategies")
+        out[trait.strip()] = strategy
+    return out
+
+
+def _in_list(text: str) -> str:
+    items = split_list(text)
+    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in items) + "]"
+
+
+def event_columns(settings: Settings) -> str:
+    """Columns of ``b_ev`` besides key, ts and ids: what profiles need from each event."""
+    booking = settings.booking_event.replace("'", "''")
+    revenue = settings.revenue_property.replace("'", "''")
+    return f"""type, event = '{booking}' AS booking,
+      CASE WHEN event = '{booking}'
+           THEN TRY_CAST(properties->>'{revenue}' AS DECIMAL(38, 4)) END AS revenue,
+      CASE WHEN list_contains({_in_list(settings.touch_events)}, event)
+             THEN {{'ts': timestamp, 'key': key, 'channel': properties->>'channel',
+                   'campaign': properties->>'campaign_id', 'event': event}}
+           WHEN contains(context, '"campaign"') AND (context->'campaign') IS NOT NULL
+             THEN {{'ts': timestamp, 'key': key, 'channel': context->'campaign'->>'source',
+                   'campaign': context->'campaign'->>'name', 'event': coalesce(event, type)}}
+      END AS touch,
+      CASE WHEN type = 'identify' THEN traits
+           WHEN contains(context, '"traits"') THEN context->'traits' END AS tr"""
+
+
+def update_stats(con: duckdb.DuckDBPyConnection) -> None:
+    """Fold ``b_ev``'s events into the per-identifier partial aggregates.
+
+    Leaves ``b_stat_nodes(node)``: identifiers whose aggregates changed.
+    """
+    run(con, """CREATE OR REPLACE TEMP TABLE b_stats AS
+        SELECT hash(ids[1].t, ids[1].v) AS node, count(*) AS events,
+               count_if(type = 'page') AS pages, count_if(type = 'screen') AS screens,
+               count_if(type = 'track') AS tracks, count_if(type = 'identify') AS identifies,
+               count_if(booking) AS bookings, sum(revenue) AS revenue,
+               min(ts) FILTER (WHERE booking) AS first_booking_at,
+               max(ts) FILTER (WHERE booking) AS last_booking_at,
+               min(ts) AS first_event_at, max(ts) AS last_event_at, max(touch) AS last_touch
+        FROM b_ev GROUP BY 1""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_merged AS
+        SELECT node, sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens,
+               sum(tracks) AS tracks, sum(identifies) AS identifies,
+               sum(bookings) AS bookings, sum(revenue) AS revenue,
+               min(first_booking_at) AS first_booking_at,
+               max(last_booking_at) AS last_booking_at, min(first_event_at) AS first_event_at,
+               max(last_event_at) AS last_event_at, max(last_touch) AS last_touch
+        FROM (SELECT * FROM node_stats SEMI JOIN b_stats USING (node)
+              UNION ALL BY NAME SELECT * FROM b_stats)
+        GROUP BY node""")
+    run(con, "DELETE FROM node_stats WHERE node IN (SELECT node FROM b_stats)")
+    run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_merged")
+    # Traits: one row per (identifier, trait) with every strategy's partial aggregate.
+    run(con, """CREATE OR REPLACE TEMP TABLE b_tr AS
+        WITH kv AS (
+          SELECT node, ts, key, k AS trait, json_extract(tr, '$."' || k || '"') AS v
+          FROM (SELECT hash(ids[1].t, ids[1].v) AS node, ts, key, tr,
+                       unnest(json_keys(tr)) AS k
+                FROM b_ev WHERE tr IS NOT NULL AND json_type(tr) = 'OBJECT'))
+        SELECT node, trait, min({'ts': ts, 'key': key, 'v': v}) AS first,
+               max({'ts': ts, 'key': key, 'v': v}) AS last,
+               max({'ts': ts, 'key': key, 'v': v}) FILTER (
+                 WHERE v IS NOT NULL AND v::VARCHAR NOT IN ('null', '""', '[]', '{}'))
+                 AS last_non_empty,
+               sum(TRY_CAST(v::VARCHAR AS DECIMAL(38, 4))) AS total,
+               list_sort(list_distinct(flatten(list(
+                 CASE WHEN json_type(v) = 'ARRAY' THEN json_extract(v, '$[*]')::VARCHAR[]
+                      WHEN v IS NULL OR v::VARCHAR IN ('null', '""') THEN []
+                      ELSE [v::VARCHAR] END)))) AS vals
+        FROM kv GROUP BY node, trait""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_trm AS
+        SELECT node, trait, min(first) AS first, max(last) AS last,
+               max(last_non_empty) AS last_non_empty, sum(total) AS total,
+               list_sort(list_distinct(flatten(list(vals)))) AS vals
+        FROM (SELECT t.* FROM trait_stats t SEMI JOIN b_tr USING (node, trait)
+              UNION ALL SELECT * FROM b_tr)
+        GROUP BY node, trait""")
+    run(con, """DELETE FROM trait_stats WHERE (node, trait) IN (
+        SELECT (node, trait) FROM b_tr)""")
+    run(con, "INSERT INTO trait_stats SELECT * FROM b_trm")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_stat_nodes AS
+        SELECT node FROM b_stats UNION SELECT node FROM b_tr""")
+
+
+def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings) -> int:
+    """Rewrite persons, features and traits of every person touched by this build."""
+    run(con, """CREATE OR REPLACE TEMP TABLE b_pset AS
+        SELECT person_id FROM b_persons
+        UNION SELECT person_id FROM identities SEMI JOIN b_stat_nodes USING (node)
+        UNION SELECT person_id FROM identities SEMI JOIN b_occ USING (node)""")
+    for table in ("persons", "profile_features", "person_traits"):
+        run(con, f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM b_pset)")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_pnodes AS
+        SELECT i.* FROM identities i SEMI JOIN b_pset USING (person_id)""")
+    run(con, """INSERT INTO persons
+        SELECT i.person_id,
+               arg_min(i.id_type, {'f': n.first_seen, 'n': i.node}) AS root_type,
+               arg_min(i.id_value, {'f': n.first_seen, 'n': i.node}) AS root_value,
+               min(i.first_seen), max(n.last_seen),
+               min(i.first_seen) FILTER (WHERE i.id_type <> 'anonymous_id'),
+               count(*), min(i.cluster)
+        FROM b_pnodes i JOIN id_nodes n USING (node) GROUP BY i.person_id""")
+    chosen = strategies(settings)
+    mapping = ", ".join(f"('{t.replace(chr(39), chr(39) * 2)}', '{s}')"
+                        for t, s in chosen.items()) or "(NULL, NULL)"
+    default = settings.profile_default_strategy.strip()
+    run(con, f"""INSERT INTO person_traits
+        WITH agg AS (
+          SELECT i.person_id, t.trait, min(t.first) AS f, max(t.last) AS l,
+                 max(t.last_non_empty) AS n, sum(t.total) AS s,
+                 list_sort(list_distinct(flatten(list(t.vals)))) AS u
+          FROM b_pnodes i JOIN trait_stats t USING (node) GROUP BY ALL),
+        chosen AS (SELECT * FROM (VALUES {mapping}) v(trait, strategy))
+        SELECT person_id, trait,
+               CASE strategy WHEN 'first' THEN f.v WHEN 'latest' THEN l.v
+                    WHEN 'latest_non_empty' THEN n.v
+                    WHEN 'sum' THEN s::DOUBLE::VARCHAR::JSON
+                    ELSE ('[' || array_to_string(u, ',') || ']')::JSON END,
+               strategy
+        FROM (SELECT agg.*, coalesce(chosen.strategy, '{default}') AS strategy
+              FROM agg LEFT JOIN chosen USING (trait))""")
+    run(con, """INSERT INTO profile_features
+        WITH f AS (
+          SELECT i.person_id, sum(s.events) AS events, sum(s.pages) AS pages,
+                 sum(s.screens) AS screens, sum(s.tracks) AS tracks,
+                 sum(s.identifies) AS identifies, sum(s.bookings) AS bookings,
+                 sum(s.revenue) AS revenue, min(s.first_booking_at) AS first_booking_at,
+                 max(s.last_booking_at) AS last_booking_at,
+                 max(s.last_event_at) AS last_event_at, max(s.last_touch) AS last_touch
+          FROM b_pnodes i JOIN node_stats s USING (node) GROUP BY i.person_id),
+        t AS (SELECT person_id, json_group_object(trait, value) AS traits
+              FROM person_traits SEMI JOIN b_pset USING (person_id)
+              WHERE value IS NOT NULL GROUP BY person_id)
+        SELECT p.person_id, coalesce(f.events, 0), coalesce(f.pages, 0),
+               coalesce(f.screens, 0), coalesce(f.tracks, 0), coalesce(f.identifies, 0),
+               coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
+               f.last_booking_at, f.last_event_at, f.last_touch,
+               coalesce(t.traits, '{}'::JSON)
+        FROM b_pset p LEFT JOIN f USING (person_id) LEFT JOIN t USING (person_id)
+        WHERE p.person_id IN (SELECT person_id FROM persons)""")
+    return int(run(con, "SELECT count(*) FROM b_pset")[0][0])
+
+
+def create_view(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    days = int(settings.at_risk_days)
+    run(con, f"""CREATE OR REPLACE VIEW profiles AS
+        SELECT p.person_id, p.first_seen, p.last_seen, p.known_at, p.known_at IS NOT NULL
+                 AS known,
+               CASE WHEN p.known_at IS NULL THEN 'anonymous'
+                    WHEN coalesce(f.bookings, 0) = 0 THEN 'known'
+                    WHEN p.last_seen < (SELECT max(last_seen) FROM persons)
+                                        - INTERVAL {days} DAY THEN 'at_risk'
+                    ELSE 'customer' END AS lifecycle,
+               f.* EXCLUDE (person_id), p.identifiers
+        FROM persons p LEFT JOIN profile_features f USING (person_id)""")
