@@ -27,7 +27,7 @@ def test_each_kind_of_identifier_is_read(ws: bowknot.Workspace) -> None:
     assert ids_of(ws) == {
         ("user_id", "u1"), ("anonymous_id", "a1"), ("email", "mina@example.com"),
         ("phone", "+98215550101"), ("user_id", "u2"), ("crm_id", "crm-7"),
-        ("email", "u2@example.com"), ("previous_id", "old-u1"),
+        ("email", "u2@example.com"), ("anonymous_id", "old-u1"),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 from typing import Any
@@ -160,9 +161,9 @@ def test_per_type_limits_detach_the_excess(tmp_path: Path) -> None:
         assert ws.persons.resolve("e3@x.com") != ws.persons.resolve("u1")
         status = ws.sql("SELECT status FROM identities WHERE id_value = 'e3@x.com'")
         assert status == [{"status": "over_limit"}]
-    with pytest.raises(ValidationError):
-        with bowknot.connect(tmp_path / "bad.duckdb", identity_limits="email=zero") as bad:
-            bad.identify("u1", timestamp=ts(1))
+    with bowknot.connect(tmp_path / "bad.duckdb", identity_limits="email=zero") as bad:
+        bad.identify("u1", timestamp=ts(1))
+        with pytest.raises(ValidationError, match="TYPE=NUMBER"):
             bad.build()
 
 
@@ -305,10 +306,8 @@ def test_incremental_builds_equal_a_full_rebuild(
         merges = [r["log_id"] for r in inc.sql(
             "SELECT log_id FROM identity_log WHERE kind = 'merge' ORDER BY log_id")]
         for log_id in merges[:unmerges]:
-            try:
+            with contextlib.suppress(ValidationError):  # already split by a later change
                 inc.persons.unmerge(log_id)
-            except ValidationError:
-                pass  # already split by a later change
         after = snapshot(inc)
         inc.build(full=True)
         assert snapshot(inc) == after

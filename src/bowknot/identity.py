@@ -108,31 +108,68 @@ def limits(settings: Settings) -> tuple[dict[str, int], int]:
     return per, default
 
 
-def ids_expr(settings: Settings) -> str:
-    """SQL over an ``events`` row: its valid identifiers, a list of {t, v} in priority order."""
-    traits = split_list(settings.identity_id_traits)
-    trait_items = "".join(
-        f""", {{'t': '{t}', 'v': CASE WHEN contains(traits, '"{t}"')
-                OR contains(context, '"{t}"') THEN regexp_replace(coalesce(traits->>'{t}',
-                context->'traits'->>'{t}'), '[^0-9+]', '', 'g') END}}"""
-        for t in traits
-    )
+# The context, only for the few events whose context holds what builds read (traits,
+# external ids, a campaign): reading the column once here is much cheaper than once per use.
+CONTEXT_HINT = """CASE WHEN contains(context, '"traits"') OR contains(context, '"externalIds"')
+    OR contains(context, '"campaign"') THEN context END"""
+
+
+def hinted(relation: str) -> str:
+    """``relation`` (events rows) with ``_ctx``: see CONTEXT_HINT."""
+    return f"(SELECT *, {CONTEXT_HINT} AS _ctx FROM {relation})"
+
+
+def raw_columns(settings: Settings) -> str:
+    """SQL select list over :func:`hinted` events: the raw identifier fields, ``r_``-prefixed.
+
+    JSON is only parsed where it can hold an identifier. Events with the same raw fields
+    share their identifiers, so builds group by these before validating anything.
+    """
+    traits = "".join(
+        f""", CASE WHEN contains(traits, '"{t}"') OR _ctx IS NOT NULL
+               THEN regexp_replace(coalesce(traits->>'{t}', _ctx->'traits'->>'{t}'),
+                                   '[^0-9+]', '', 'g') END AS "r_{t}\""""
+        for t in split_list(settings.identity_id_traits))
+    return f"""user_id AS r_user, anonymous_id AS r_anon, previous_id AS r_prev,
+      CASE WHEN contains(traits, '"email"') OR _ctx IS NOT NULL
+           THEN lower(trim(coalesce(traits->>'email', _ctx->'traits'->>'email'))) END
+        AS r_email{traits},
+      CASE WHEN _ctx IS NOT NULL THEN _ctx->'externalIds' END AS r_ext"""
+
+
+def raw_names(settings: Settings) -> list[str]:
+    return (["r_user", "r_anon", "r_prev", "r_email"]
+            + [f'"r_{t}"' for t in split_list(settings.identity_id_traits)] + ["r_ext"])
+
+
+def ids_from_raw(settings: Settings) -> str:
+    """SQL over the ``r_`` columns: the valid identifiers, a list of {t, v} in priority order.
+
+    Priority: user_id, anonymous_id, email, id traits, external ids, previousId (an alias's
+    anonymous id). The first is the event's primary identifier.
+    """
+    trait_items = "".join(f""", {{'t': '{t}', 'v': "r_{t}"}}"""
+                          for t in split_list(settings.identity_id_traits))
     blocked = _quoted([v.lower() for v in split_list(settings.identity_blocked_values)])
     pattern = settings.identity_blocked_pattern.replace("'", "''")
     return f"""list_filter(
-      [{{'t': 'user_id', 'v': user_id}},
-       {{'t': 'anonymous_id', 'v': anonymous_id}},
-       {{'t': 'email', 'v': CASE WHEN contains(traits, '"email"') OR contains(context, '"email"')
-          THEN lower(trim(coalesce(traits->>'email', context->'traits'->>'email'))) END}}
-       {trait_items}]
-      || coalesce(CASE WHEN contains(context, '"externalIds"') THEN list_transform(
-           try(from_json(context->'externalIds', '[{{"id": "VARCHAR", "type": "VARCHAR"}}]')),
-           lambda x: {{'t': lower(trim(x.type)), 'v': trim(x.id)}}) END, [])
-      || [{{'t': 'anonymous_id', 'v': previous_id}}],
+      [{{'t': 'user_id', 'v': r_user}}, {{'t': 'anonymous_id', 'v': r_anon}},
+       {{'t': 'email', 'v': r_email}}{trait_items}]
+      || coalesce(list_transform(
+           try(from_json(r_ext, '[{{"id": "VARCHAR", "type": "VARCHAR"}}]')),
+           lambda x: {{'t': lower(trim(x.type)), 'v': trim(x.id)}}), [])
+      || [{{'t': 'anonymous_id', 'v': r_prev}}],
       -- PostHog also matches illegal ids inside quotes ("null", 'undefined').
       lambda x: x.v IS NOT NULL AND x.t IS NOT NULL AND x.t <> ''
         AND NOT list_contains({blocked}, lower(trim(x.v, ' "''')))
         AND NOT regexp_full_match(x.v, '{pattern}'))"""
+
+
+def with_ids(settings: Settings, relation: str) -> str:
+    """``relation``'s rows (events) with their identifier list ``ids``."""
+    return f"""SELECT * EXCLUDE (_ctx, {', '.join(raw_names(settings))}),
+                      {ids_from_raw(settings)} AS ids
+               FROM (SELECT *, {raw_columns(settings)} FROM {hinted(relation)})"""
 
 
 def node_expr(item: str) -> str:
@@ -144,8 +181,8 @@ def identifiers_sql(settings: Settings, where: str = "true") -> str:
     """SELECT source, message_id, timestamp, id_type, id_value for events matching ``where``."""
     return f"""
     SELECT source, message_id, timestamp, x.t AS id_type, x.v AS id_value
-    FROM (SELECT source, message_id, timestamp, unnest({ids_expr(settings)}) AS x
-          FROM events WHERE {where})
+    FROM (SELECT source, message_id, timestamp, unnest(ids) AS x
+          FROM ({with_ids(settings, f"(SELECT * FROM events WHERE {where})")}))
     """
 
 
@@ -163,19 +200,21 @@ def person_id_sql(id_type: str, id_value: str) -> str:
 # --- the graph ------------------------------------------------------------------------------
 
 def update_graph(con: duckdb.DuckDBPyConnection) -> None:
-    """Fold the new events' identifiers (temp table ``b_ev``: key, ts, ids) into the graph.
+    """Fold new identifiers into the graph from ``b_tup``: one row per distinct combination
+    of raw identifier fields in the new events, with ``ids``, ``first`` (the earliest
+    (ts, key) of its events) and ``last_ts``.
 
-    Leaves ``b_touched(node)``: nodes that are new or gained a link, whose clusters must be
-    resolved again.
+    Leaves ``b_touched(node)``: nodes that are new or gained a link, or are now seen earlier,
+    whose clusters must be resolved again.
     """
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_occ AS
         SELECT x.t AS id_type, x.v AS id_value, {node_expr('x')} AS node,
-               min({{'ts': ts, 'key': key}}) AS first_seen, max(ts) AS last_seen
-        FROM (SELECT key, ts, unnest(ids) AS x FROM b_ev) GROUP BY ALL""")
+               min(first) AS first_seen, max(last_ts) AS last_seen
+        FROM (SELECT first, last_ts, unnest(ids) AS x FROM b_tup) GROUP BY ALL""")
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_links AS
-        SELECT least(p, o) AS a, greatest(p, o) AS b, min({{'ts': ts, 'key': key}}) AS first
-        FROM (SELECT key, ts, {node_expr('ids[1]')} AS p, {node_expr('unnest(ids[2:])')} AS o
-              FROM b_ev WHERE len(ids) > 1)
+        SELECT least(p, o) AS a, greatest(p, o) AS b, min(first) AS first
+        FROM (SELECT first, {node_expr('ids[1]')} AS p, {node_expr('unnest(ids[2:])')} AS o
+              FROM b_tup WHERE len(ids) > 1)
         WHERE p <> o GROUP BY ALL""")
     # New identifiers, new links, and identifiers now seen earlier than before (a late
     # event can change which identifier is a person's root, hence its id).

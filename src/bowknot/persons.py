@@ -29,7 +29,8 @@ class Persons:
         self.ws = ws
 
     def _q(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
-        return self.ws.store.query(sql, params)
+        rows: list[dict[str, Any]] = self.ws.store.query(sql, params)
+        return rows
 
     # -- lookup ----------------------------------------------------------------------------
     def find(self, id_type: str, value: str) -> str | None:
@@ -102,7 +103,6 @@ class Persons:
 
     def timeline_sql(self) -> str:
         """Events whose primary identifier belongs to the person (parameter: person id)."""
-        ids = identity.ids_expr(self.ws.settings)
         return f"""
             WITH ids AS (SELECT node, id_type, id_value FROM identities WHERE person_id = $pid),
             cand AS (
@@ -110,7 +110,7 @@ class Persons:
               WHERE user_id IN (SELECT id_value FROM ids WHERE id_type = 'user_id')
                  OR anonymous_id IN (SELECT id_value FROM ids WHERE id_type = 'anonymous_id')
                  OR key IN (SELECT key FROM event_fallback SEMI JOIN ids USING (node)))
-            SELECT * EXCLUDE (ids) FROM (SELECT *, {ids} AS ids FROM cand)
+            SELECT * EXCLUDE (ids) FROM ({identity.with_ids(self.ws.settings, "cand")})
             WHERE len(ids) > 0 AND hash(ids[1].t, ids[1].v) IN (SELECT node FROM ids)"""
 
     def timeline(self, ref: str, limit: int | None = None, offset: int = 0,

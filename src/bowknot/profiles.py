@@ -27,7 +27,8 @@ from .store.engine import run
 
 STRATEGIES = ("latest", "first", "latest_non_empty", "sum", "union")
 
-_POINT = "STRUCT(ts TIMESTAMP, key UBIGINT, v JSON)"
+# Event time, then event key: a total order on events that does not depend on arrival.
+ORDER_KEY = "(epoch_us(ts)::HUGEINT * 18446744073709551616 + key::HUGEINT)"
 _TOUCH = "STRUCT(ts TIMESTAMP, key UBIGINT, channel VARCHAR, campaign VARCHAR, event VARCHAR)"
 
 DDL: tuple[str, ...] = (
@@ -36,9 +37,11 @@ DDL: tuple[str, ...] = (
         identifies BIGINT, bookings BIGINT, revenue DECIMAL(38, 4),
         first_booking_at TIMESTAMP, last_booking_at TIMESTAMP, first_event_at TIMESTAMP,
         last_event_at TIMESTAMP, last_touch {_TOUCH})""",
-    f"""CREATE TABLE IF NOT EXISTS trait_stats (
-        node UBIGINT, trait VARCHAR, first {_POINT}, last {_POINT}, last_non_empty {_POINT},
-        total DECIMAL(38, 4), vals VARCHAR[])""",
+    # Per identifier and trait: (order, value) of the first, latest and latest non-empty
+    # value; order = event time then event key, as one HUGEINT (see ORDER_KEY).
+    """CREATE TABLE IF NOT EXISTS trait_stats (
+        node UBIGINT, trait VARCHAR, first_o HUGEINT, first_v JSON, last_o HUGEINT,
+        last_v JSON, lne_o HUGEINT, lne_v JSON, total DECIMAL(38, 4), vals VARCHAR[])""",
     """CREATE TABLE IF NOT EXISTS persons (
         person_id VARCHAR, root_type VARCHAR, root_value VARCHAR, first_seen TIMESTAMP,
         last_seen TIMESTAMP, known_at TIMESTAMP, identifiers INTEGER, cluster UBIGINT)""",
@@ -76,78 +79,98 @@ def _in_list(text: str) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in items) + "]"
 
 
+TRAITS_COLUMN = """CASE WHEN type = 'identify' THEN traits
+           WHEN contains(context, '"traits"') THEN context->'traits' END"""
+
+# Partial aggregates of a group of events (columns of ``event_columns``), and how partials
+# combine: every one is associative, so builds can fold new events in any order.
+EVENT_AGGREGATES = """count(*) AS events, count_if(type = 'page') AS pages,
+    count_if(type = 'screen') AS screens, count_if(type = 'track') AS tracks,
+    count_if(type = 'identify') AS identifies, count_if(booking) AS bookings,
+    sum(revenue) AS revenue, min(ts) FILTER (WHERE booking) AS first_booking_at,
+    max(ts) FILTER (WHERE booking) AS last_booking_at, min(ts) AS first_event_at,
+    max(ts) AS last_event_at, max(touch) AS last_touch, min({'ts': ts, 'key': key}) AS first,
+    max(ts) AS last_ts"""
+COMBINE = """sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens,
+    sum(tracks) AS tracks, sum(identifies) AS identifies, sum(bookings) AS bookings,
+    sum(revenue) AS revenue, min(first_booking_at) AS first_booking_at,
+    max(last_booking_at) AS last_booking_at, min(first_event_at) AS first_event_at,
+    max(last_event_at) AS last_event_at, max(last_touch) AS last_touch"""
+
+
 def event_columns(settings: Settings) -> str:
-    """Columns of ``b_ev`` besides key, ts and ids: what profiles need from each event."""
+    """Per-event columns the profile aggregates need (over identity.hinted events)."""
     booking = settings.booking_event.replace("'", "''")
     revenue = settings.revenue_property.replace("'", "''")
-    return f"""type, event = '{booking}' AS booking,
+    return f"""type, coalesce(event = '{booking}', false) AS booking,
       CASE WHEN event = '{booking}'
            THEN TRY_CAST(properties->>'{revenue}' AS DECIMAL(38, 4)) END AS revenue,
       CASE WHEN list_contains({_in_list(settings.touch_events)}, event)
              THEN {{'ts': timestamp, 'key': key, 'channel': properties->>'channel',
                    'campaign': properties->>'campaign_id', 'event': event}}
-           WHEN contains(context, '"campaign"') AND (context->'campaign') IS NOT NULL
-             THEN {{'ts': timestamp, 'key': key, 'channel': context->'campaign'->>'source',
-                   'campaign': context->'campaign'->>'name', 'event': coalesce(event, type)}}
-      END AS touch,
-      CASE WHEN type = 'identify' THEN traits
-           WHEN contains(context, '"traits"') THEN context->'traits' END AS tr"""
+           WHEN (_ctx->'campaign') IS NOT NULL
+             THEN {{'ts': timestamp, 'key': key, 'channel': _ctx->'campaign'->>'source',
+                   'campaign': _ctx->'campaign'->>'name', 'event': coalesce(event, type)}}
+      END AS touch"""
 
 
-def update_stats(con: duckdb.DuckDBPyConnection) -> None:
-    """Fold ``b_ev``'s events into the per-identifier partial aggregates.
+def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool) -> None:
+    """Fold the new events (``b_tup``, ``b_trev``) into the per-identifier partials.
 
     Leaves ``b_stat_nodes(node)``: identifiers whose aggregates changed.
     """
-    run(con, """CREATE OR REPLACE TEMP TABLE b_stats AS
-        SELECT hash(ids[1].t, ids[1].v) AS node, count(*) AS events,
-               count_if(type = 'page') AS pages, count_if(type = 'screen') AS screens,
-               count_if(type = 'track') AS tracks, count_if(type = 'identify') AS identifies,
-               count_if(booking) AS bookings, sum(revenue) AS revenue,
-               min(ts) FILTER (WHERE booking) AS first_booking_at,
-               max(ts) FILTER (WHERE booking) AS last_booking_at,
-               min(ts) AS first_event_at, max(ts) AS last_event_at, max(touch) AS last_touch
-        FROM b_ev GROUP BY 1""")
-    run(con, """CREATE OR REPLACE TEMP TABLE b_merged AS
-        SELECT node, sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens,
-               sum(tracks) AS tracks, sum(identifies) AS identifies,
-               sum(bookings) AS bookings, sum(revenue) AS revenue,
-               min(first_booking_at) AS first_booking_at,
-               max(last_booking_at) AS last_booking_at, min(first_event_at) AS first_event_at,
-               max(last_event_at) AS last_event_at, max(last_touch) AS last_touch
-        FROM (SELECT * FROM node_stats SEMI JOIN b_stats USING (node)
-              UNION ALL BY NAME SELECT * FROM b_stats)
-        GROUP BY node""")
-    run(con, "DELETE FROM node_stats WHERE node IN (SELECT node FROM b_stats)")
-    run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_merged")
-    # Traits: one row per (identifier, trait) with every strategy's partial aggregate.
-    run(con, """CREATE OR REPLACE TEMP TABLE b_tr AS
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_stats AS
+        SELECT hash(ids[1].t, ids[1].v) AS node, {COMBINE} FROM b_tup GROUP BY 1""")
+    if full:
+        run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_stats")
+    else:
+        run(con, f"""CREATE OR REPLACE TEMP TABLE b_merged AS
+            SELECT node, {COMBINE}
+            FROM (SELECT * FROM node_stats SEMI JOIN b_stats USING (node)
+                  UNION ALL BY NAME SELECT * FROM b_stats)
+            GROUP BY node""")
+        run(con, "DELETE FROM node_stats WHERE node IN (SELECT node FROM b_stats)")
+        run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_merged")
+    # Traits: one row per (identifier, trait) with every strategy's partial aggregate (sums
+    # and unions only for the traits that use them).
+    chosen = strategies(settings)
+    summed = _in_list(",".join(t for t, s in chosen.items() if s == "sum"))
+    unioned = _in_list(",".join(t for t, s in chosen.items() if s == "union"))
+    default = settings.profile_default_strategy.strip()
+    is_sum = f"list_contains({summed}, trait)" + (" OR true" if default == "sum" else "")
+    is_union = f"list_contains({unioned}, trait)" + (" OR true" if default == "union" else "")
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_tr AS
         WITH kv AS (
-          SELECT node, ts, key, k AS trait, json_extract(tr, '$."' || k || '"') AS v
+          SELECT node, {ORDER_KEY} AS o, k AS trait,
+                 json_extract(tr, '$."' || replace(k, '"', '\\"') || '"') AS v
           FROM (SELECT hash(ids[1].t, ids[1].v) AS node, ts, key, tr,
                        unnest(json_keys(tr)) AS k
-                FROM b_ev WHERE tr IS NOT NULL AND json_type(tr) = 'OBJECT'))
-        SELECT node, trait, min({'ts': ts, 'key': key, 'v': v}) AS first,
-               max({'ts': ts, 'key': key, 'v': v}) AS last,
-               max({'ts': ts, 'key': key, 'v': v}) FILTER (
-                 WHERE v IS NOT NULL AND v::VARCHAR NOT IN ('null', '""', '[]', '{}'))
-                 AS last_non_empty,
-               sum(TRY_CAST(v::VARCHAR AS DECIMAL(38, 4))) AS total,
+                FROM b_trev WHERE len(ids) > 0 AND json_type(tr) = 'OBJECT'))
+        SELECT node, trait, min(o) AS first_o, arg_min(v, o) AS first_v, max(o) AS last_o,
+               arg_max(v, o) AS last_v,
+               max(o) FILTER (WHERE v::VARCHAR NOT IN ('null', '""', '[]', '{{}}')) AS lne_o,
+               arg_max(v, o) FILTER (WHERE v::VARCHAR NOT IN ('null', '""', '[]', '{{}}'))
+                 AS lne_v,
+               sum(TRY_CAST(v::VARCHAR AS DECIMAL(38, 4))) FILTER (WHERE {is_sum}) AS total,
                list_sort(list_distinct(flatten(list(
                  CASE WHEN json_type(v) = 'ARRAY' THEN json_extract(v, '$[*]')::VARCHAR[]
-                      WHEN v IS NULL OR v::VARCHAR IN ('null', '""') THEN []
-                      ELSE [v::VARCHAR] END)))) AS vals
+                      WHEN v::VARCHAR IN ('null', '""') THEN []
+                      ELSE [v::VARCHAR] END) FILTER (WHERE {is_union})))) AS vals
         FROM kv GROUP BY node, trait""")
-    run(con, """CREATE OR REPLACE TEMP TABLE b_trm AS
-        SELECT node, trait, min(first) AS first, max(last) AS last,
-               max(last_non_empty) AS last_non_empty, sum(total) AS total,
-               list_sort(list_distinct(flatten(list(vals)))) AS vals
-        FROM (SELECT t.* FROM trait_stats t SEMI JOIN b_tr USING (node, trait)
-              UNION ALL SELECT * FROM b_tr)
-        GROUP BY node, trait""")
-    run(con, """DELETE FROM trait_stats WHERE (node, trait) IN (
-        SELECT (node, trait) FROM b_tr)""")
-    run(con, "INSERT INTO trait_stats SELECT * FROM b_trm")
+    if full:
+        run(con, "INSERT INTO trait_stats SELECT * FROM b_tr")
+    else:
+        run(con, """CREATE OR REPLACE TEMP TABLE b_trm AS
+            SELECT node, trait, min(first_o) AS first_o, arg_min(first_v, first_o) AS first_v,
+                   max(last_o) AS last_o, arg_max(last_v, last_o) AS last_v,
+                   max(lne_o) AS lne_o, arg_max(lne_v, lne_o) AS lne_v, sum(total) AS total,
+                   list_sort(list_distinct(flatten(list(vals)))) AS vals
+            FROM (SELECT t.* FROM trait_stats t SEMI JOIN b_tr USING (node, trait)
+                  UNION ALL SELECT * FROM b_tr)
+            GROUP BY node, trait""")
+        run(con, """DELETE FROM trait_stats WHERE (node, trait) IN (
+            SELECT (node, trait) FROM b_tr)""")
+        run(con, "INSERT INTO trait_stats SELECT * FROM b_trm")
     run(con, """CREATE OR REPLACE TEMP TABLE b_stat_nodes AS
         SELECT node FROM b_stats UNION SELECT node FROM b_tr""")
 
@@ -176,14 +199,14 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings) -> int:
     default = settings.profile_default_strategy.strip()
     run(con, f"""INSERT INTO person_traits
         WITH agg AS (
-          SELECT i.person_id, t.trait, min(t.first) AS f, max(t.last) AS l,
-                 max(t.last_non_empty) AS n, sum(t.total) AS s,
-                 list_sort(list_distinct(flatten(list(t.vals)))) AS u
+          SELECT i.person_id, t.trait, arg_min(t.first_v, t.first_o) AS f,
+                 arg_max(t.last_v, t.last_o) AS l, arg_max(t.lne_v, t.lne_o) AS n,
+                 sum(t.total) AS s, list_sort(list_distinct(flatten(list(t.vals)))) AS u
           FROM b_pnodes i JOIN trait_stats t USING (node) GROUP BY ALL),
         chosen AS (SELECT * FROM (VALUES {mapping}) v(trait, strategy))
         SELECT person_id, trait,
-               CASE strategy WHEN 'first' THEN f.v WHEN 'latest' THEN l.v
-                    WHEN 'latest_non_empty' THEN n.v
+               CASE strategy WHEN 'first' THEN f WHEN 'latest' THEN l
+                    WHEN 'latest_non_empty' THEN n
                     WHEN 'sum' THEN s::DOUBLE::VARCHAR::JSON
                     ELSE ('[' || array_to_string(u, ',') || ']')::JSON END,
                strategy

@@ -38,6 +38,7 @@ class Workspace:
         self._writer: Writer | None = None
         self.access = Access(self.store)
         self.failures = Failures(self)
+        build_module.migrate(self.store.connection)
         for statement in identity.DDL + profiles.DDL + build_module.DDL:
             run(self.store.connection, statement)
         profiles.create_view(self.store.connection, self.settings)

@@ -1,0 +1,134 @@
+"""Identity benchmark: full and incremental builds vs DuckDB scanning the same events.
+
+    python benchmarks/identity.py --events 20000000      # ~1 M persons
+
+The demo file (benchmarks/data/demo-<events>.jsonl, made by benchmarks/ingest.py or here) is
+split: all but the last 1 % of its lines are imported once into a cached workspace
+(benchmarks/data/identity-<events>.duckdb); the last 1 % is the "new events" file. Each
+measurement runs in its own process on a fresh copy of the cached workspace:
+
+* ``scan``: DuckDB's irreducible read, ``SELECT anonymous_id, user_id, count(*) FROM events
+  GROUP BY ALL`` (the peer);
+* ``full``: ``ws.build(full=True)``;
+* ``incremental``: after a full build, import the 1 % and time ``ws.build()``.
+
+Wall time and peak RSS are reported for each, with the ratios, and written to
+benchmarks/results/identity-<events>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+RESULTS = HERE / "results"
+
+STEP = r"""
+import json, resource, sys, time
+import bowknot
+from bowknot.imports import import_file
+db, step, extra = sys.argv[1], sys.argv[2], sys.argv[3]
+ws = bowknot.connect(db)
+out = {}
+if step == "scan":
+    con = ws.store.cursor()
+    t = time.perf_counter()
+    n = con.execute("SELECT count(*) FROM (SELECT anonymous_id, user_id, count(*) FROM events "
+                    "GROUP BY ALL)").fetchall()[0][0]
+    out = {"seconds": time.perf_counter() - t, "groups": n}
+elif step == "full":
+    t = time.perf_counter()
+    r = ws.build(full=True)
+    out = {"seconds": time.perf_counter() - t, "build": r.to_dict()}
+elif step == "incremental":
+    ws.build(full=True)
+    import_file(ws, extra)
+    t = time.perf_counter()
+    r = ws.build()
+    out = {"seconds": time.perf_counter() - t, "build": r.to_dict()}
+out["persons"] = ws.sql("SELECT count(*) AS n FROM persons")[0]["n"]
+out["events"] = ws.sql("SELECT count(*) AS n FROM events")[0]["n"]
+ws.close()
+out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out, default=str))
+"""
+
+
+def prepare(events: int) -> tuple[Path, Path]:
+    sys.path.insert(0, str(HERE))
+    from ingest import demo_file  # the same cached demo file as the ingest benchmark
+
+    source = demo_file(events)
+    base = DATA / f"identity-{events}.duckdb"
+    tail = DATA / f"identity-{events}-new.jsonl"
+    if base.exists() and tail.exists():
+        return base, tail
+    head = DATA / f"identity-{events}-base.jsonl"
+    lines = int(subprocess.run(["wc", "-l", str(source)], capture_output=True, text=True,
+                               check=True).stdout.split()[0])
+    keep = lines - lines // 100
+    with open(head, "wb") as h:
+        subprocess.run(["head", "-n", str(keep), str(source)], stdout=h, check=True)
+    with open(tail, "wb") as f:
+        subprocess.run(["tail", "-n", str(lines - keep), str(source)], stdout=f, check=True)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bowknot", "import", str(head), "--db",
+                    str(base)], check=True)
+    print(f"imported {keep:,} events in {time.perf_counter() - t:.0f} s", flush=True)
+    head.unlink()
+    return base, tail
+
+
+def run_step(base: Path, tail: Path, step: str) -> dict[str, Any]:
+    work = DATA / f"identity-work-{os.getpid()}.duckdb"
+    shutil.copyfile(base, work)
+    try:
+        proc = subprocess.run([sys.executable, "-c", STEP, str(work), step, str(tail)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{step} failed:\n{proc.stderr}")
+        return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    finally:
+        for p in (work, Path(str(work) + ".wal")):
+            p.unlink(missing_ok=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=2_000_000)
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each step (median kept)")
+    args = ap.parse_args()
+    base, tail = prepare(args.events)
+    results: dict[str, Any] = {"events": args.events, "machine": {
+        "cpus": os.cpu_count(), "python": platform.python_version()}}
+    for step in ("scan", "full", "incremental"):
+        runs = [run_step(base, tail, step) for _ in range(args.repeat)]
+        runs.sort(key=lambda r: r["seconds"])
+        results[step] = runs[len(runs) // 2]
+        r = results[step]
+        print(f"{step:12s} {r['seconds']:8.2f} s  max RSS {r['max_rss_mb']:7.0f} MB  "
+              f"persons {r['persons']:,}", flush=True)
+    scan, full, inc = (results[s]["seconds"] for s in ("scan", "full", "incremental"))
+    results["ratios"] = {"full_vs_scan": full / scan, "incremental_vs_full": inc / full}
+    print(f"full build = {full / scan:.1f}x the scan; incremental (1 % new) = "
+          f"{100 * inc / full:.1f} % of the full build")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"identity-{args.events}.json"
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"written {out}")
+    _ = resource  # peak memory is measured inside each step's process
+
+
+if __name__ == "__main__":
+    main()
