@@ -16,7 +16,7 @@ import duckdb
 import orjson
 
 from . import build as build_module
-from . import identity, profiles
+from . import identity, privacy, profiles
 from .access import Access
 from .errors import BowknotError, QueryError, ValidationError
 from .failures import Failures
@@ -39,17 +39,20 @@ class Workspace:
         self.access = Access(self.store)
         self.failures = Failures(self)
         build_module.migrate(self.store.connection)
-        for statement in identity.DDL + profiles.DDL + build_module.DDL:
+        for statement in identity.DDL + profiles.DDL + build_module.DDL + privacy.DDL:
             run(self.store.connection, statement)
         profiles.create_view(self.store.connection, self.settings)
         self.builder = build_module.Builder(self)
         self.persons = Persons(self)
+        self.privacy = privacy.Privacy(self)
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
     def writer(self) -> Writer:
         if self._writer is None:
             self._writer = Writer(self.store, self.settings)
+            self._writer.suppress_sql = privacy.SUPPRESS_SQL
+            self._writer.refresh_suppressions()
         return self._writer
 
     def close(self) -> None:

@@ -100,6 +100,15 @@ class Writer:
         for thread in self._threads:
             thread.start()
         self.commits = 0
+        # Privacy suppression (set by the workspace): a statement that drops a load's events
+        # of suppressed identifiers, run only while there are suppressions.
+        self.suppress_sql: str | None = None
+        self._suppressing = False
+
+    def refresh_suppressions(self) -> None:
+        if self.suppress_sql is not None:
+            rows = run(self._store.cursor(), "SELECT count(*) FROM suppressions")
+            self._suppressing = bool(rows[0][0])
 
     # -- producer side ------------------------------------------------------------------
     def submit(self, sub: Submission, *, block: bool = False) -> Future[list[ingest.Outcome]]:
@@ -301,6 +310,10 @@ class Writer:
         for sql in (ingest.CLASSIFY_SQL, ingest.INSERT_EVENTS_SQL):
             _materialize(con, sql, values)
         summary = {row[0]: row[1:] for row in run(con, ingest.SUMMARY_SQL)}
+        if self._suppressing and self.suppress_sql is not None:
+            dropped = len(run(con, self.suppress_sql, [load_id]))
+            if dropped:
+                run(con, "INSERT INTO suppressed_counts VALUES (?, ?)", [load_id, dropped])
         failures: dict[int, list[tuple[Any, list[str]]]] = {}
         kinds: set[str] = set()
         for r, pos, reasons in run(con, ingest.ITEM_FAILURES_SQL):
