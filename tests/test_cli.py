@@ -54,5 +54,5 @@ def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
 def test_help_lists_every_command() -> None:
     out = run("--help")
     for command in ("serve", "sources", "tokens", "import", "failed", "sql", "demo",
-                    "settings"):
+                    "settings", "build", "person", "unmerge", "privacy"):
         assert command in out

@@ -81,8 +81,8 @@ def serve(db: Path, host: str, port: int, log_level: str) -> None:
 
     with workspace(db) as ws:
         click.echo(f"bowknot serving {db} on http://{host}:{port}  (API docs: /docs)")
-        uvicorn.run(create_app(ws), host=host, port=port, log_level=log_level,
-                    access_log=False)
+        uvicorn.run(create_app(ws, background_build=True), host=host, port=port,
+                    log_level=log_level, access_log=False)
 
 
 # -- sources and tokens ------------------------------------------------------------------
@@ -246,6 +246,148 @@ def failed_replay(ids: tuple[int, ...], reason: str | None, source: str | None,
                    f"{result['failed']} failed again")
 
 
+# -- the knot: builds, persons, privacy ------------------------------------------------------
+@main.command()
+@click.option("--full", is_flag=True, help="Rebuild everything instead of only what is new.")
+@db_option
+@json_option
+def build(full: bool, db: Path, as_json: bool) -> None:
+    """Bring identities, persons and profiles up to date with the events."""
+    with workspace(db) as ws:
+        result = ws.build(full=full)
+    if as_json:
+        _json(result.to_dict())
+    elif result.skipped:
+        click.echo("up to date: no new events since the last build")
+    else:
+        click.echo(f"{result.kind} build {result.build_id}: {result.events:,} events, "
+                   f"{result.identifiers_resolved:,} identifiers resolved, "
+                   f"{result.persons_updated:,} persons updated in {result.seconds:.2f} s")
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--timeline/--no-timeline", default=True, show_default=True,
+              help="Show the person's events.")
+@click.option("--limit", default=100, show_default=True, type=int,
+              help="Most events shown (newest last); 0 for all.")
+@db_option
+@json_option
+def person(ref: str, timeline: bool, limit: int, db: Path, as_json: bool) -> None:
+    """Show a person: REF is a person id, TYPE:VALUE (email:a@b.c) or an identifier."""
+    with workspace(db) as ws:
+        p = ws.persons.get(ref)
+        events = ws.persons.timeline(p["person_id"]) if timeline else []
+    if limit and len(events) > limit:
+        events = events[-limit:]
+    if as_json:
+        _json({**p, "timeline": events} if timeline else p)
+        return
+    head = {k: p[k] for k in ("person_id", "lifecycle", "first_seen", "known_at", "last_seen",
+                               "events", "bookings", "revenue")}
+    _table([head], title="person")
+    _table([{"type": i["id_type"], "value": i["id_value"], "status": i["status"],
+             "first seen": i["first_seen"], "linked": i["linked_at"]}
+            for i in p["identifiers"]], title="identifiers")
+    _table([{"trait": k, "value": json.dumps(v, ensure_ascii=False),
+             "strategy": p["trait_strategies"].get(k, "")} for k, v in p["traits"].items()],
+           title="traits")
+    if p["changes"]:
+        _table([{"id": c["log_id"], "kind": c["kind"], "person": c["person_id"],
+                 "other": c["other_person_id"], "cause": c["cause_message_id"],
+                 "via": f"{c['cause_id_type'] or ''}:{c['cause_id_value'] or ''}",
+                 "undone": c["undone_at"]} for c in p["changes"]],
+               title="identity changes (undo a merge: bowknot unmerge ID)")
+    if timeline:
+        _table([{"time": e["timestamp"], "source": e["source"], "type": e["type"],
+                 "event": e["event"] or e["name"] or "",
+                 "properties": json.dumps(e["properties"], ensure_ascii=False)[:60]
+                 if e["properties"] else ""} for e in events], title="timeline")
+
+
+@main.command()
+@click.argument("log_id", type=int)
+@click.option("--undo", is_flag=True, help="Take a previous unmerge back (merge again).")
+@db_option
+@json_option
+def unmerge(log_id: int, undo: bool, db: Path, as_json: bool) -> None:
+    """Undo merge LOG_ID (from `bowknot person`): both persons come back with their events."""
+    with workspace(db) as ws:
+        result = ws.persons.remerge(log_id) if undo else ws.persons.unmerge(log_id)
+    if as_json:
+        _json(result)
+    elif undo:
+        click.echo(f"merge {log_id} restored")
+    else:
+        click.echo(f"merge {log_id} undone: {result['person_id']} and "
+                   f"{result['restored_person_id']} are two persons again")
+
+
+@main.group()
+def privacy() -> None:
+    """Privacy requests on a person (REF: person id, TYPE:VALUE or an identifier)."""
+
+
+@privacy.command("delete")
+@click.argument("ref")
+@click.option("--dry-run", is_flag=True, help="Only say what would be deleted.")
+@db_option
+@json_option
+def privacy_delete(ref: str, dry_run: bool, db: Path, as_json: bool) -> None:
+    """Delete everything held on the person, in every table."""
+    with workspace(db) as ws:
+        result = ws.privacy.delete(ref, dry_run=dry_run)
+    if as_json:
+        _json(result)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    _table([{"table": k, "rows": v} for k, v in result["counts"].items() if v],
+           title=f"{verb} ({result['identifiers']} identifiers)")
+    click.echo(f"operation {result['operation_id']}")
+
+
+@privacy.command("suppress")
+@click.argument("ref")
+@db_option
+@json_option
+def privacy_suppress(ref: str, db: Path, as_json: bool) -> None:
+    """Drop (and count) new events of the person's identifiers at ingestion."""
+    with workspace(db) as ws:
+        result = ws.privacy.suppress(ref)
+    _json(result) if as_json else click.echo(
+        f"suppressed {result['identifiers']} identifiers (operation {result['operation_id']})")
+
+
+@privacy.command("unsuppress")
+@click.argument("ref")
+@db_option
+@json_option
+def privacy_unsuppress(ref: str, db: Path, as_json: bool) -> None:
+    """Accept the person's events again."""
+    with workspace(db) as ws:
+        result = ws.privacy.unsuppress(ref)
+    _json(result) if as_json else click.echo(
+        f"removed {result['suppressions_removed']} suppressions "
+        f"(operation {result['operation_id']})")
+
+
+@privacy.command("export")
+@click.argument("ref")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the JSON here instead of standard output.")
+@db_option
+def privacy_export(ref: str, out_file: Path | None, db: Path) -> None:
+    """Everything held on the person, as JSON."""
+    with workspace(db) as ws:
+        result = ws.privacy.export(ref)
+    text = json.dumps(result, default=str, ensure_ascii=False, indent=2)
+    if out_file is None:
+        click.echo(text)
+    else:
+        out_file.write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {out_file} (operation {result['operation_id']})")
+
+
 # -- sql -----------------------------------------------------------------------------------
 @main.command()
 @click.argument("query")
@@ -334,6 +476,8 @@ def demo_serve(db: Path, scale: int, host: str, port: int) -> None:
             click.echo(f"generating the demo story ({scale:,} events) into {db} ...")
             load_demo(ws, scale, 7)
             ws.access.create_source("web")
+            click.echo("resolving identities and building profiles ...")
+            ws.build()
         token = ws.access.create_token("demo")
         url = f"http://{host}:{port}"
         click.echo("")
@@ -342,5 +486,5 @@ def demo_serve(db: Path, scale: int, host: str, port: int) -> None:
         click.echo(f"  API docs:                {url}/docs")
         click.echo("")
         sys.stdout.flush()
-        uvicorn.run(create_app(ws), host=host, port=port, log_level="warning",
-                    access_log=False)
+        uvicorn.run(create_app(ws, background_build=True), host=host, port=port,
+                    log_level="warning", access_log=False)

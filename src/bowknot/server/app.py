@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -11,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import BowknotError, Overloaded
 from ..workspace import Workspace
-from . import admin, ingest, pages
+from . import admin, ingest, pages, persons
 from .auth import is_admin, require_admin
 
 
@@ -21,8 +24,21 @@ def error_response(status: int, code: str, message: str, **extra: object) -> JSO
                         status_code=status)
 
 
-def create_app(ws: Workspace) -> FastAPI:
+def create_app(ws: Workspace, background_build: bool = False) -> FastAPI:
+    """The app over ``ws``; ``background_build`` keeps persons and profiles up to date
+    (every ``build_interval_seconds``) while it runs, as `bowknot serve` does."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if background_build:
+            ws.builder.start(ws.settings.build_interval_seconds)
+        try:
+            yield
+        finally:
+            ws.builder.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         # The API reference is served to admins only (below), like every page but collection.
         docs_url=None,
         redoc_url=None,
@@ -82,5 +98,6 @@ def create_app(ws: Workspace) -> FastAPI:
 
     app.include_router(ingest.router)
     app.include_router(admin.router)
+    app.include_router(persons.router)
     app.include_router(pages.router)
     return app
