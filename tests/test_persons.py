@@ -270,7 +270,7 @@ def snapshot(ws: bowknot.Workspace) -> dict[str, Any]:
         "persons": sorted(tuple(r.values()) for r in q(
             "SELECT * EXCLUDE (cluster) FROM persons")),
         "features": sorted(tuple(str(v) for v in r.values()) for r in q(
-            "SELECT * EXCLUDE (traits) FROM profile_features")),
+            "SELECT * FROM profile_features")),
         "traits": sorted(tuple(str(v) for v in r.values()) for r in q(
             "SELECT person_id, trait, value, strategy FROM person_traits")),
         "profiles": sorted(tuple(str(v) for v in r.values()) for r in q(

@@ -58,8 +58,8 @@ DDL: tuple[str, ...] = (
     # The resolution: every identifier, its cluster and its person.
     """CREATE TABLE IF NOT EXISTS identities (
         node UBIGINT, id_type VARCHAR, id_value VARCHAR, cluster UBIGINT,
-        person_id VARCHAR, status VARCHAR, first_seen TIMESTAMP,
-        linked STRUCT(ts TIMESTAMP, key UBIGINT))""",
+        person_id VARCHAR, status VARCHAR, first_seen TIMESTAMP, last_seen TIMESTAMP,
+        is_root BOOLEAN, linked STRUCT(ts TIMESTAMP, key UBIGINT))""",
     """CREATE TABLE IF NOT EXISTS identity_overrides (
         node UBIGINT, id_type VARCHAR, id_value VARCHAR, log_id BIGINT, created_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS identity_log (
@@ -316,7 +316,7 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     per_type, default_limit = limits(settings)
     # Anchors: user ids and the identifiers named by unmerges.
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_nodes AS
-        SELECT c.node, c.comp, n.id_type, n.id_value, n.first_seen,
+        SELECT c.node, c.comp, n.id_type, n.id_value, n.first_seen, n.last_seen,
                n.id_type = '{UNIQUE_TYPE}' OR o.node IS NOT NULL AS anchor
         FROM b_cc c JOIN id_nodes n USING (node)
         LEFT JOIN (SELECT DISTINCT node FROM identity_overrides) o USING (node)""")
@@ -339,14 +339,14 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
                   > {limit_sql} AS over_limit
         FROM b_group""")
     run(con, """CREATE OR REPLACE TEMP TABLE b_final AS
-        SELECT node, id_type, id_value, comp AS cluster, first_seen,
+        SELECT node, id_type, id_value, comp AS cluster, first_seen, last_seen,
                CASE WHEN over_limit THEN node ELSE grp END AS grp,
                CASE WHEN over_limit THEN 'over_limit' ELSE 'linked' END AS status
         FROM b_ranked""")
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_new AS
         WITH roots AS (
-          SELECT grp, arg_min({{'t': id_type, 'v': id_value}}, {{'f': first_seen, 'n': node}})
-                 AS root
+          SELECT grp, arg_min({{'t': id_type, 'v': id_value, 'n': node}},
+                              {{'f': first_seen, 'n': node}}) AS root
           FROM b_final GROUP BY grp),
         links AS (  -- the earliest link of each node inside its own person
           SELECT f.node, min(e.first) AS linked
@@ -354,7 +354,8 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
           WHERE g.grp = f.grp GROUP BY f.node)
         SELECT f.node, f.id_type, f.id_value, f.cluster,
                {person_id_sql('r.root.t', 'r.root.v')} AS person_id, f.status,
-               f.first_seen.ts AS first_seen, l.linked
+               f.first_seen.ts AS first_seen, f.last_seen, r.root.n = f.node AS is_root,
+               l.linked
         FROM b_final f JOIN roots r USING (grp) LEFT JOIN links l USING (node)""")
     # What changed: old person -> new person, for the log and the redirects.
     run(con, """CREATE OR REPLACE TEMP TABLE b_moves AS
@@ -366,6 +367,9 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     _log_changes(con, build_id)
     run(con, "DELETE FROM identities WHERE node IN (SELECT node FROM b_aff)")
     run(con, "INSERT INTO identities SELECT * FROM b_new")
+    if not full:  # identifiers seen again without new links
+        run(con, """UPDATE identities SET last_seen = o.last_seen FROM b_occ o
+            WHERE identities.node = o.node AND o.last_seen > identities.last_seen""")
     return {"graph_rounds": rounds, "label_rounds": label_rounds,
             "identifiers_resolved": run(con, "SELECT count(*) FROM b_new")[0][0]}
 

@@ -79,14 +79,14 @@ class Persons:
         if not profile:
             raise NotFound(f"Person {pid} has no profile yet; run `bowknot build`.", ref=ref)
         person = profile[0]
-        if isinstance(person.get("traits"), str):
-            person["traits"] = json.loads(person["traits"])
+        traits = self._q("""SELECT trait, value, strategy FROM person_traits
+                            WHERE person_id = ? ORDER BY trait""", [pid])
+        person["traits"] = {r["trait"]: json.loads(r["value"]) for r in traits
+                            if r["value"] is not None}
         person["identifiers"] = self._q("""
             SELECT id_type, id_value, status, first_seen, linked.ts AS linked_at
             FROM identities WHERE person_id = ? ORDER BY first_seen, id_type, id_value""", [pid])
-        person["trait_strategies"] = {
-            r["trait"]: r["strategy"] for r in self._q(
-                "SELECT trait, strategy FROM person_traits WHERE person_id = ?", [pid])}
+        person["trait_strategies"] = {r["trait"]: r["strategy"] for r in traits}
         person["changes"] = self.changes(pid)
         person["previous_ids"] = [r["old_person_id"] for r in self._q(
             "SELECT old_person_id FROM person_redirects WHERE person_id = ? ORDER BY redirected_at",

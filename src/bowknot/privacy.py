@@ -85,7 +85,7 @@ class Privacy:
         values = sorted({r["id_value"] for r in ids})
         # Raw spellings of identifying traits (an e-mail as typed, before normalisation).
         raw = self.ws.store.query(
-            f"""SELECT DISTINCT t.first_v, t.last_v, t.lne_v FROM trait_stats t
+            f"""SELECT DISTINCT t.v FROM trait_stats t
                 WHERE t.node IN (SELECT node FROM identities WHERE person_id = ?)
                 AND t.trait IN ('email', {", ".join(
                     "'" + x + "'" for x in identity.split_list(

@@ -37,11 +37,12 @@ DDL: tuple[str, ...] = (
         identifies BIGINT, bookings BIGINT, revenue DECIMAL(38, 4),
         first_booking_at TIMESTAMP, last_booking_at TIMESTAMP, first_event_at TIMESTAMP,
         last_event_at TIMESTAMP, last_touch {_TOUCH})""",
-    # Per identifier and trait: (order, value) of the first, latest and latest non-empty
-    # value; order = event time then event key, as one HUGEINT (see ORDER_KEY).
+    # Per identifier and trait, the partial its strategy needs: the value at the greatest
+    # order ``o`` (event time then key as one HUGEINT, see ORDER_KEY; negated for ``first``,
+    # so every strategy keeps a maximum), the sum, or the distinct values.
     """CREATE TABLE IF NOT EXISTS trait_stats (
-        node UBIGINT, trait VARCHAR, first_o HUGEINT, first_v JSON, last_o HUGEINT,
-        last_v JSON, lne_o HUGEINT, lne_v JSON, total DECIMAL(38, 4), vals VARCHAR[])""",
+        node UBIGINT, trait VARCHAR, o HUGEINT, v JSON, total DECIMAL(38, 4),
+        vals VARCHAR[])""",
     """CREATE TABLE IF NOT EXISTS persons (
         person_id VARCHAR, root_type VARCHAR, root_value VARCHAR, first_seen TIMESTAMP,
         last_seen TIMESTAMP, known_at TIMESTAMP, identifiers INTEGER, cluster UBIGINT)""",
@@ -49,7 +50,7 @@ DDL: tuple[str, ...] = (
         person_id VARCHAR, events BIGINT, pages BIGINT, screens BIGINT, tracks BIGINT,
         identifies BIGINT, bookings BIGINT, revenue DECIMAL(38, 4),
         first_booking_at TIMESTAMP, last_booking_at TIMESTAMP, last_event_at TIMESTAMP,
-        last_touch {_TOUCH}, traits JSON)""",
+        last_touch {_TOUCH})""",
     """CREATE TABLE IF NOT EXISTS person_traits (
         person_id VARCHAR, trait VARCHAR, value JSON, strategy VARCHAR)""",
 )
@@ -98,6 +99,21 @@ COMBINE = """sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens
     max(last_event_at) AS last_event_at, max(last_touch) AS last_touch"""
 
 
+TRAIT_COMBINE = """max(o) AS o, arg_max(v, o) AS v, sum(total) AS total,
+    list_sort(list_distinct(flatten(list(vals)))) AS vals"""
+
+
+def strategy_case(settings: Settings, trait: str) -> str:
+    """SQL: the strategy of trait ``trait`` (a column) under the settings."""
+    chosen = strategies(settings)
+    default = settings.profile_default_strategy.strip()
+    if not chosen:
+        return f"'{default}'"
+    cases = " ".join(f"WHEN '{t.replace(chr(39), chr(39) * 2)}' THEN '{s}'"
+                     for t, s in chosen.items())
+    return f"CASE {trait} {cases} ELSE '{default}' END"
+
+
 def event_columns(settings: Settings) -> str:
     """Per-event columns the profile aggregates need (over identity.hinted events)."""
     booking = settings.booking_event.replace("'", "''")
@@ -131,40 +147,32 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool)
             GROUP BY node""")
         run(con, "DELETE FROM node_stats WHERE node IN (SELECT node FROM b_stats)")
         run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_merged")
-    # Traits: one row per (identifier, trait) with every strategy's partial aggregate (sums
-    # and unions only for the traits that use them).
-    chosen = strategies(settings)
-    summed = _in_list(",".join(t for t, s in chosen.items() if s == "sum"))
-    unioned = _in_list(",".join(t for t, s in chosen.items() if s == "union"))
-    default = settings.profile_default_strategy.strip()
-    is_sum = f"list_contains({summed}, trait)" + (" OR true" if default == "sum" else "")
-    is_union = f"list_contains({unioned}, trait)" + (" OR true" if default == "union" else "")
+    # Traits: one row per (identifier, trait) with its strategy's partial.
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_tr AS
         WITH kv AS (
-          SELECT node, {ORDER_KEY} AS o, k AS trait,
-                 json_extract(tr, '$."' || replace(k, '"', '\\"') || '"') AS v
-          FROM (SELECT hash(ids[1].t, ids[1].v) AS node, ts, key, tr,
-                       unnest(json_keys(tr)) AS k
-                FROM b_trev WHERE len(ids) > 0 AND json_type(tr) = 'OBJECT'))
-        SELECT node, trait, min(o) AS first_o, arg_min(v, o) AS first_v, max(o) AS last_o,
-               arg_max(v, o) AS last_v,
-               max(o) FILTER (WHERE v::VARCHAR NOT IN ('null', '""', '[]', '{{}}')) AS lne_o,
-               arg_max(v, o) FILTER (WHERE v::VARCHAR NOT IN ('null', '""', '[]', '{{}}'))
-                 AS lne_v,
-               sum(TRY_CAST(v::VARCHAR AS DECIMAL(38, 4))) FILTER (WHERE {is_sum}) AS total,
+          SELECT node, CASE WHEN strategy = 'first' THEN -o ELSE o END AS o, trait, v,
+                 strategy
+          FROM (SELECT node, {ORDER_KEY} AS o, k AS trait, {strategy_case(settings, 'k')}
+                         AS strategy,
+                       json_extract(tr, '$."' || replace(k, '"', '\\"') || '"') AS v
+                FROM (SELECT hash(ids[1].t, ids[1].v) AS node, ts, key, tr,
+                             unnest(json_keys(tr)) AS k
+                      FROM b_trev WHERE len(ids) > 0 AND json_type(tr) = 'OBJECT'))
+          WHERE strategy <> 'latest_non_empty'
+             OR v::VARCHAR NOT IN ('null', '""', '[]', '{{}}'))
+        SELECT node, trait, max(o) AS o, arg_max(v, o) AS v,
+               sum(TRY_CAST(v::VARCHAR AS DECIMAL(38, 4))) FILTER (WHERE strategy = 'sum')
+                 AS total,
                list_sort(list_distinct(flatten(list(
                  CASE WHEN json_type(v) = 'ARRAY' THEN json_extract(v, '$[*]')::VARCHAR[]
                       WHEN v::VARCHAR IN ('null', '""') THEN []
-                      ELSE [v::VARCHAR] END) FILTER (WHERE {is_union})))) AS vals
+                      ELSE [v::VARCHAR] END) FILTER (WHERE strategy = 'union')))) AS vals
         FROM kv GROUP BY node, trait""")
     if full:
         run(con, "INSERT INTO trait_stats SELECT * FROM b_tr")
     else:
-        run(con, """CREATE OR REPLACE TEMP TABLE b_trm AS
-            SELECT node, trait, min(first_o) AS first_o, arg_min(first_v, first_o) AS first_v,
-                   max(last_o) AS last_o, arg_max(last_v, last_o) AS last_v,
-                   max(lne_o) AS lne_o, arg_max(lne_v, lne_o) AS lne_v, sum(total) AS total,
-                   list_sort(list_distinct(flatten(list(vals)))) AS vals
+        run(con, f"""CREATE OR REPLACE TEMP TABLE b_trm AS
+            SELECT node, trait, {TRAIT_COMBINE}
             FROM (SELECT t.* FROM trait_stats t SEMI JOIN b_tr USING (node, trait)
                   UNION ALL SELECT * FROM b_tr)
             GROUP BY node, trait""")
@@ -186,32 +194,22 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings) -> int:
     run(con, """CREATE OR REPLACE TEMP TABLE b_pnodes AS
         SELECT i.* FROM identities i SEMI JOIN b_pset USING (person_id)""")
     run(con, """INSERT INTO persons
-        SELECT i.person_id,
-               arg_min(i.id_type, {'f': n.first_seen, 'n': i.node}) AS root_type,
-               arg_min(i.id_value, {'f': n.first_seen, 'n': i.node}) AS root_value,
-               min(i.first_seen), max(n.last_seen),
-               min(i.first_seen) FILTER (WHERE i.id_type <> 'anonymous_id'),
-               count(*), min(i.cluster)
-        FROM b_pnodes i JOIN id_nodes n USING (node) GROUP BY i.person_id""")
-    chosen = strategies(settings)
-    mapping = ", ".join(f"('{t.replace(chr(39), chr(39) * 2)}', '{s}')"
-                        for t, s in chosen.items()) or "(NULL, NULL)"
-    default = settings.profile_default_strategy.strip()
+        SELECT person_id,
+               any_value(id_type) FILTER (WHERE is_root) AS root_type,
+               any_value(id_value) FILTER (WHERE is_root) AS root_value,
+               min(first_seen), max(last_seen),
+               min(first_seen) FILTER (WHERE id_type <> 'anonymous_id'),
+               count(*), min(cluster)
+        FROM b_pnodes GROUP BY person_id""")
     run(con, f"""INSERT INTO person_traits
-        WITH agg AS (
-          SELECT i.person_id, t.trait, arg_min(t.first_v, t.first_o) AS f,
-                 arg_max(t.last_v, t.last_o) AS l, arg_max(t.lne_v, t.lne_o) AS n,
-                 sum(t.total) AS s, list_sort(list_distinct(flatten(list(t.vals)))) AS u
-          FROM b_pnodes i JOIN trait_stats t USING (node) GROUP BY ALL),
-        chosen AS (SELECT * FROM (VALUES {mapping}) v(trait, strategy))
         SELECT person_id, trait,
-               CASE strategy WHEN 'first' THEN f WHEN 'latest' THEN l
-                    WHEN 'latest_non_empty' THEN n
-                    WHEN 'sum' THEN s::DOUBLE::VARCHAR::JSON
-                    ELSE ('[' || array_to_string(u, ',') || ']')::JSON END,
+               CASE strategy WHEN 'sum' THEN total::DOUBLE::VARCHAR::JSON
+                    WHEN 'union' THEN ('[' || array_to_string(vals, ',') || ']')::JSON
+                    ELSE v END,
                strategy
-        FROM (SELECT agg.*, coalesce(chosen.strategy, '{default}') AS strategy
-              FROM agg LEFT JOIN chosen USING (trait))""")
+        FROM (SELECT i.person_id, t.trait, {TRAIT_COMBINE},
+                     {strategy_case(settings, 't.trait')} AS strategy
+              FROM b_pnodes i JOIN trait_stats t USING (node) GROUP BY ALL)""")
     run(con, """INSERT INTO profile_features
         WITH f AS (
           SELECT i.person_id, sum(s.events) AS events, sum(s.pages) AS pages,
@@ -220,17 +218,12 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings) -> int:
                  sum(s.revenue) AS revenue, min(s.first_booking_at) AS first_booking_at,
                  max(s.last_booking_at) AS last_booking_at,
                  max(s.last_event_at) AS last_event_at, max(s.last_touch) AS last_touch
-          FROM b_pnodes i JOIN node_stats s USING (node) GROUP BY i.person_id),
-        t AS (SELECT person_id, json_group_object(trait, value) AS traits
-              FROM person_traits SEMI JOIN b_pset USING (person_id)
-              WHERE value IS NOT NULL GROUP BY person_id)
+          FROM b_pnodes i JOIN node_stats s USING (node) GROUP BY i.person_id)
         SELECT p.person_id, coalesce(f.events, 0), coalesce(f.pages, 0),
                coalesce(f.screens, 0), coalesce(f.tracks, 0), coalesce(f.identifies, 0),
                coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
-               f.last_booking_at, f.last_event_at, f.last_touch,
-               coalesce(t.traits, '{}'::JSON)
-        FROM b_pset p LEFT JOIN f USING (person_id) LEFT JOIN t USING (person_id)
-        WHERE p.person_id IN (SELECT person_id FROM persons)""")
+               f.last_booking_at, f.last_event_at, f.last_touch
+        FROM (SELECT DISTINCT person_id FROM b_pnodes) p LEFT JOIN f USING (person_id)""")
     return int(run(con, "SELECT count(*) FROM b_pset")[0][0])
 
 
