@@ -36,7 +36,7 @@ DDL: tuple[str, ...] = (
 # Bumped when a derived table's shape changes: those tables are then recreated and the next
 # build is a full one. Operational state (identity_log, identity_overrides, person_redirects,
 # builds) is kept.
-DERIVED_VERSION = "3"
+DERIVED_VERSION = "4"
 DERIVED_TABLES = ("id_nodes", "id_edges", "identities", "event_fallback", "node_stats",
                   "trait_stats", "persons", "profile_features", "person_traits")
 
@@ -164,17 +164,14 @@ class Builder:
             # events): identifiers are validated once per combination, not once per event.
             raw = ", ".join(identity.raw_names(settings))
             window = f"load_id > {low} AND load_id <= {high}"
-            # Grouped by a 64-bit hash of the raw fields (much faster than six strings); two
-            # combinations would have to collide for events to be misattributed
-            # (p ~ n^2 / 2^65: 1e-7 at 2.4 M combinations).
-            firsts = ", ".join(f"any_value({n}) AS {n}" for n in identity.raw_names(settings))
             run(con, f"""CREATE OR REPLACE TEMP TABLE b_tup AS
-                SELECT * EXCLUDE (tk), {identity.ids_from_raw(settings)} AS ids FROM (
-                  SELECT hash({raw}) AS tk, {firsts}, {profiles.EVENT_AGGREGATES}
-                  FROM (SELECT key, timestamp AS ts, {identity.raw_columns(settings)},
+                SELECT *, {identity.ids_from_raw(settings)} AS ids FROM (
+                  SELECT {raw}, {profiles.EVENT_AGGREGATES}
+                  FROM (SELECT key, timestamp AS ts, {profiles.ORDER_KEY_EVENTS} AS o,
+                               {identity.raw_columns(settings)},
                                {profiles.event_columns(settings)}
                         FROM {identity.hinted(f"(SELECT * FROM events WHERE {window})")})
-                  GROUP BY tk)""")
+                  GROUP BY {raw})""")
             result.events, result.unattributed = run(con, """SELECT coalesce(sum(events), 0),
                 coalesce(sum(events) FILTER (WHERE len(ids) = 0), 0) FROM b_tup""")[0]
             run(con, "DELETE FROM b_tup WHERE len(ids) = 0")

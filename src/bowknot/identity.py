@@ -52,14 +52,14 @@ DDL: tuple[str, ...] = (
     "CREATE SEQUENCE IF NOT EXISTS build_seq START 1",
     """CREATE TABLE IF NOT EXISTS id_nodes (
         node UBIGINT, id_type VARCHAR, id_value VARCHAR,
-        first_seen STRUCT(ts TIMESTAMP, key UBIGINT), last_seen TIMESTAMP)""",
+        first_seen HUGEINT, last_seen TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS id_edges (
-        a UBIGINT, b UBIGINT, first STRUCT(ts TIMESTAMP, key UBIGINT))""",
+        a UBIGINT, b UBIGINT, first HUGEINT)""",
     # The resolution: every identifier, its cluster and its person.
     """CREATE TABLE IF NOT EXISTS identities (
         node UBIGINT, id_type VARCHAR, id_value VARCHAR, cluster UBIGINT,
         person_id VARCHAR, status VARCHAR, first_seen TIMESTAMP, last_seen TIMESTAMP,
-        is_root BOOLEAN, linked STRUCT(ts TIMESTAMP, key UBIGINT))""",
+        is_root BOOLEAN, linked_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS identity_overrides (
         node UBIGINT, id_type VARCHAR, id_value VARCHAR, log_id BIGINT, created_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS identity_log (
@@ -172,6 +172,16 @@ def with_ids(settings: Settings, relation: str) -> str:
                FROM (SELECT *, {raw_columns(settings)} FROM {hinted(relation)})"""
 
 
+def ts_of(order: str) -> str:
+    """SQL: the event time of an order key (see profiles.ORDER_KEY)."""
+    return f"make_timestamp(({order} >> 64)::BIGINT)"
+
+
+def key_of(order: str) -> str:
+    """SQL: the event key of an order key."""
+    return f"({order} & 18446744073709551615::HUGEINT)::UBIGINT"
+
+
 def node_expr(item: str) -> str:
     """The node id of an identifier struct (``hash(type, value)``)."""
     return f"hash({item}.t, {item}.v)"
@@ -266,12 +276,12 @@ def _components(con: duckdb.DuckDBPyConnection) -> int:
 def _label(con: duckdb.DuckDBPyConnection) -> int:
     """In clusters with several anchors, each node joins the anchor it was linked to first.
 
-    ``b_lab(node, best STRUCT(r STRUCT(ts, key), anchor))``: ``r`` is the latest link on the
+    ``b_lab(node, best STRUCT(r, anchor))``: ``r`` is the order key of the latest link on the
     path from the anchor (minimax); relaxation until nothing improves. Links never pass
     through another anchor.
     """
     run(con, """CREATE OR REPLACE TEMP TABLE b_lab AS
-        SELECT node, {'r': {'ts': '-infinity'::TIMESTAMP, 'key': 0::UBIGINT},
+        SELECT node, {'r': (-170141183460469231731687303715884105727)::HUGEINT,
                       'anchor': node} AS best
         FROM b_multi WHERE anchor""")
     rounds = 0
@@ -330,7 +340,7 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     # group: the anchor for multi-anchor clusters, else the cluster; root: the first seen node.
     run(con, """CREATE OR REPLACE TEMP TABLE b_group AS
         SELECT n.*, coalesce(l.best.anchor, n.comp) AS grp,
-               coalesce(l.best.r, {'ts': '-infinity'::TIMESTAMP, 'key': 0::UBIGINT}) AS reach
+               coalesce(l.best.r, (-170141183460469231731687303715884105727)::HUGEINT) AS reach
         FROM b_nodes n LEFT JOIN b_lab l USING (node)""")
     limit_cases = " ".join(f"WHEN '{t}' THEN {n}" for t, n in per_type.items())
     limit_sql = f"CASE id_type {limit_cases} ELSE {default_limit or 2**31} END"
@@ -354,8 +364,8 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
           WHERE g.grp = f.grp GROUP BY f.node)
         SELECT f.node, f.id_type, f.id_value, f.cluster,
                {person_id_sql('r.root.t', 'r.root.v')} AS person_id, f.status,
-               f.first_seen.ts AS first_seen, f.last_seen, r.root.n = f.node AS is_root,
-               l.linked
+               {ts_of('f.first_seen')} AS first_seen, f.last_seen,
+               r.root.n = f.node AS is_root, {ts_of('l.linked')} AS linked_at
         FROM b_final f JOIN roots r USING (grp) LEFT JOIN links l USING (node)""")
     # What changed: old person -> new person, for the log and the redirects.
     run(con, """CREATE OR REPLACE TEMP TABLE b_moves AS
@@ -398,7 +408,7 @@ def _log_changes(con: duckdb.DuckDBPyConnection, build_id: int) -> None:
         members AS (SELECT old_id, new_id, list(node ORDER BY node) AS nodes
                     FROM b_moves GROUP BY old_id, new_id)
         SELECT now()::TIMESTAMP, {build_id}, 'merge', p.new_id, p.old_id,
-               c.c.f.key, c.c.t, c.c.v, mb.nodes
+               {key_of('c.c.f')}, c.c.t, c.c.v, mb.nodes
         FROM b_merge_pairs p
         JOIN members mb ON mb.old_id = p.old_id AND mb.new_id = p.new_id
         LEFT JOIN cause c ON c.old_id = p.old_id AND c.new_id = p.new_id""")

@@ -84,7 +84,7 @@ class Persons:
         person["traits"] = {r["trait"]: json.loads(r["value"]) for r in traits
                             if r["value"] is not None}
         person["identifiers"] = self._q("""
-            SELECT id_type, id_value, status, first_seen, linked.ts AS linked_at
+            SELECT id_type, id_value, status, first_seen, linked_at
             FROM identities WHERE person_id = ? ORDER BY first_seen, id_type, id_value""", [pid])
         person["trait_strategies"] = {r["trait"]: r["strategy"] for r in traits}
         person["changes"] = self.changes(pid)

@@ -29,6 +29,7 @@ STRATEGIES = ("latest", "first", "latest_non_empty", "sum", "union")
 
 # Event time, then event key: a total order on events that does not depend on arrival.
 ORDER_KEY = "(epoch_us(ts)::HUGEINT * 18446744073709551616 + key::HUGEINT)"
+ORDER_KEY_EVENTS = ORDER_KEY.replace("(ts)", "(timestamp)")
 _TOUCH = "STRUCT(ts TIMESTAMP, key UBIGINT, channel VARCHAR, campaign VARCHAR, event VARCHAR)"
 
 DDL: tuple[str, ...] = (
@@ -36,7 +37,7 @@ DDL: tuple[str, ...] = (
         node UBIGINT, events BIGINT, pages BIGINT, screens BIGINT, tracks BIGINT,
         identifies BIGINT, bookings BIGINT, revenue DECIMAL(38, 4),
         first_booking_at TIMESTAMP, last_booking_at TIMESTAMP, first_event_at TIMESTAMP,
-        last_event_at TIMESTAMP, last_touch {_TOUCH})""",
+        last_event_at TIMESTAMP, last_touch {_TOUCH}, last_touch_o HUGEINT)""",
     # Per identifier and trait, the partial its strategy needs: the value at the greatest
     # order ``o`` (event time then key as one HUGEINT, see ORDER_KEY; negated for ``first``,
     # so every strategy keeps a maximum), the sum, or the distinct values.
@@ -90,13 +91,15 @@ EVENT_AGGREGATES = """count(*) AS events, count_if(type = 'page') AS pages,
     count_if(type = 'identify') AS identifies, count_if(booking) AS bookings,
     sum(revenue) AS revenue, min(ts) FILTER (WHERE booking) AS first_booking_at,
     max(ts) FILTER (WHERE booking) AS last_booking_at, min(ts) AS first_event_at,
-    max(ts) AS last_event_at, max(touch) AS last_touch, min({'ts': ts, 'key': key}) AS first,
+    max(ts) AS last_event_at, arg_max(touch, o) FILTER (WHERE touch IS NOT NULL) AS last_touch,
+    max(o) FILTER (WHERE touch IS NOT NULL) AS last_touch_o, min(o) AS first,
     max(ts) AS last_ts"""
 COMBINE = """sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens,
     sum(tracks) AS tracks, sum(identifies) AS identifies, sum(bookings) AS bookings,
     sum(revenue) AS revenue, min(first_booking_at) AS first_booking_at,
     max(last_booking_at) AS last_booking_at, min(first_event_at) AS first_event_at,
-    max(last_event_at) AS last_event_at, max(last_touch) AS last_touch"""
+    max(last_event_at) AS last_event_at, arg_max(last_touch, last_touch_o) AS last_touch,
+    max(last_touch_o) AS last_touch_o"""
 
 
 TRAIT_COMBINE = """max(o) AS o, arg_max(v, o) AS v, sum(total) AS total,
@@ -217,7 +220,8 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings) -> int:
                  sum(s.identifies) AS identifies, sum(s.bookings) AS bookings,
                  sum(s.revenue) AS revenue, min(s.first_booking_at) AS first_booking_at,
                  max(s.last_booking_at) AS last_booking_at,
-                 max(s.last_event_at) AS last_event_at, max(s.last_touch) AS last_touch
+                 max(s.last_event_at) AS last_event_at,
+                 arg_max(s.last_touch, s.last_touch_o) AS last_touch
           FROM b_pnodes i JOIN node_stats s USING (node) GROUP BY i.person_id)
         SELECT p.person_id, coalesce(f.events, 0), coalesce(f.pages, 0),
                coalesce(f.screens, 0), coalesce(f.tracks, 0), coalesce(f.identifies, 0),

@@ -107,8 +107,11 @@ class Writer:
 
     def refresh_suppressions(self) -> None:
         if self.suppress_sql is not None:
-            rows = run(self._store.cursor(), "SELECT count(*) FROM suppressions")
-            self._suppressing = bool(rows[0][0])
+            con = self._store.connection.cursor()  # the caller's cursor may be streaming
+            try:
+                self._suppressing = bool(run(con, "SELECT count(*) FROM suppressions")[0][0])
+            finally:
+                con.close()
 
     # -- producer side ------------------------------------------------------------------
     def submit(self, sub: Submission, *, block: bool = False) -> Future[list[ingest.Outcome]]:
