@@ -48,3 +48,37 @@ def test_without_a_session_the_browser_lands_on_sign_in(server: tuple[Server, st
     srv, _, _ = server
     dom = chromium(tmp_path, "--dump-dom", f"{srv.url}/overview").stdout
     assert "Admin token" in dom and "Workspace overview" not in dom
+
+
+def test_person_page_shows_the_knot_in_a_browser(server: tuple[Server, str, str],
+                                                 tmp_path: Path) -> None:
+    srv, key, token = server
+    batch = [
+        {"type": "page", "anonymousId": "web-1", "name": "Home",
+         "timestamp": "2026-07-01T09:00:00Z"},
+        {"type": "identify", "userId": "u-mina", "anonymousId": "web-1",
+         "timestamp": "2026-07-02T09:00:00Z",
+         "traits": {"email": "Mina@Example.com", "name": "مینا رحیمی", "city": "กรุงเทพ"}},
+        {"type": "track", "userId": "u-mina", "event": "Booking Completed",
+         "properties": {"revenue": 120, "note": "<script>alert(1)</script>"},
+         "timestamp": "2026-07-03T09:00:00Z"},
+    ]
+    assert httpx.post(srv.url + "/v1/batch", auth=(key, ""), json={"batch": batch}).is_success
+    auth = {"Authorization": f"Bearer {token}"}
+    assert httpx.post(srv.url + "/v1/build", headers=auth, json={}).is_success
+    pid = httpx.get(srv.url + "/v1/persons", params={"email": "mina@example.com"},
+                    headers=auth).json()["person_id"]
+    # Sign in, then the lookup form redirects to the person (one browser profile: the cookie).
+    chromium(tmp_path, "--dump-dom", f"{srv.url}/signin?token={token}")
+    dom = chromium(tmp_path, "--dump-dom", f"{srv.url}/persons?q=mina%40example.com").stdout
+    assert pid in dom and "مینا رحیمی" in dom and "Booking Completed" in dom
+    assert "<script>alert(1)</script>" not in dom  # escaped
+    missing = chromium(tmp_path, "--dump-dom", f"{srv.url}/persons?q=nobody").stdout
+    assert "No person matches" in missing
+    shot = tmp_path / "person.png"
+    chromium(tmp_path, "--window-size=1280,1500", f"--screenshot={shot}",
+             f"{srv.url}/persons/{pid}")
+    assert shot.exists() and shot.stat().st_size > 20_000
+    out = Path(__file__).parent / "output"
+    out.mkdir(exist_ok=True)
+    shutil.copy(shot, out / "person.png")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
@@ -11,11 +13,15 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from ..errors import BowknotError
 from ..workspace import Workspace
 from .auth import COOKIE, is_admin, require_admin
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.filters["ts"] = lambda v: v.strftime("%Y-%m-%d %H:%M") if v else "—"
+# Readable JSON for the pages (autoescape still escapes it as HTML).
+templates.env.filters["json"] = lambda v: json.dumps(v, ensure_ascii=False, default=str)
+templates.env.filters["money"] = lambda v: f"{float(v or 0):,.2f}"
 router = APIRouter(include_in_schema=False)
 
 
@@ -48,6 +54,42 @@ async def overview(request: Request) -> Response:
         request, "overview.html",
         {"data": data, "days": days, "types": types, "grid": grid, "peak": peak},
     )
+
+
+@router.get("/persons", response_class=HTMLResponse)
+async def persons_page(request: Request, q: str | None = None) -> Response:
+    """Look a person up by any identifier; the profile and timeline are at /persons/{id}."""
+    if not is_admin(request):
+        return _signin_redirect()
+    if q and q.strip():
+        try:
+            pid = await run_in_threadpool(_ws(request).persons.resolve, q)
+        except BowknotError as exc:
+            return templates.TemplateResponse(
+                request, "person.html", {"person": None, "q": q, "error": exc.message},
+                status_code=exc.status)
+        return RedirectResponse(f"/persons/{quote(pid)}", status_code=303)
+    return templates.TemplateResponse(request, "person.html",
+                                      {"person": None, "q": "", "error": None})
+
+
+@router.get("/persons/{ref}", response_class=HTMLResponse)
+async def person_page(request: Request, ref: str, limit: int = 200) -> Response:
+    if not is_admin(request):
+        return _signin_redirect()
+    ws = _ws(request)
+    try:
+        person = await run_in_threadpool(ws.persons.get, ref)
+        timeline = await run_in_threadpool(ws.persons.timeline, person["person_id"],
+                                           max(1, min(limit, 10_000)), 0, True)
+    except BowknotError as exc:
+        return templates.TemplateResponse(
+            request, "person.html", {"person": None, "q": ref, "error": exc.message},
+            status_code=exc.status)
+    return templates.TemplateResponse(
+        request, "person.html",
+        {"person": person, "timeline": timeline, "shown": len(timeline), "q": ref,
+         "error": None})
 
 
 @router.get("/overview.json")
