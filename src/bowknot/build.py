@@ -176,11 +176,6 @@ class Builder:
                 coalesce(sum(events) FILTER (WHERE len(ids) = 0), 0) FROM b_tup""")[0]
             run(con, "DELETE FROM b_tup WHERE len(ids) = 0")
             _fallback(con, settings, window)
-            with_traits = f"""(SELECT *, timestamp AS ts, {profiles.TRAITS_COLUMN} AS tr
-                FROM events WHERE {window}
-                  AND (type = 'identify' OR contains(context, '"traits"')))"""
-            run(con, "CREATE OR REPLACE TEMP TABLE b_trev AS "
-                + identity.with_ids(settings, with_traits))
             identity.update_graph(con)
             resolved = identity.resolve(con, settings, build_id, full)
             result.identifiers_resolved = resolved["identifiers_resolved"]

@@ -81,8 +81,9 @@ def _in_list(text: str) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in items) + "]"
 
 
+# An event's traits: an identify's own, or any event's context.traits (over hinted events).
 TRAITS_COLUMN = """CASE WHEN type = 'identify' THEN traits
-           WHEN contains(context, '"traits"') THEN context->'traits' END"""
+           WHEN (_ctx->'traits') IS NOT NULL THEN _ctx->'traits' END"""
 
 # Partial aggregates of a group of events (columns of ``event_columns``), and how partials
 # combine: every one is associative, so builds can fold new events in any order.
@@ -93,7 +94,7 @@ EVENT_AGGREGATES = """count(*) AS events, count_if(type = 'page') AS pages,
     max(ts) FILTER (WHERE booking) AS last_booking_at, min(ts) AS first_event_at,
     max(ts) AS last_event_at, arg_max(touch, o) FILTER (WHERE touch IS NOT NULL) AS last_touch,
     max(o) FILTER (WHERE touch IS NOT NULL) AS last_touch_o, min(o) AS first,
-    max(ts) AS last_ts"""
+    max(ts) AS last_ts, list({'o': o, 'tr': tr}) FILTER (WHERE tr IS NOT NULL) AS trs"""
 COMBINE = """sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens,
     sum(tracks) AS tracks, sum(identifies) AS identifies, sum(bookings) AS bookings,
     sum(revenue) AS revenue, min(first_booking_at) AS first_booking_at,
@@ -130,11 +131,11 @@ def event_columns(settings: Settings) -> str:
            WHEN (_ctx->'campaign') IS NOT NULL
              THEN {{'ts': timestamp, 'key': key, 'channel': _ctx->'campaign'->>'source',
                    'campaign': _ctx->'campaign'->>'name', 'event': coalesce(event, type)}}
-      END AS touch"""
+      END AS touch, {TRAITS_COLUMN} AS tr"""
 
 
 def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool) -> None:
-    """Fold the new events (``b_tup``, ``b_trev``) into the per-identifier partials.
+    """Fold the new events (``b_tup``) into the per-identifier partials.
 
     Leaves ``b_stat_nodes(node)``: identifiers whose aggregates changed.
     """
@@ -155,12 +156,12 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool)
         WITH kv AS (
           SELECT node, CASE WHEN strategy = 'first' THEN -o ELSE o END AS o, trait, v,
                  strategy
-          FROM (SELECT node, {ORDER_KEY} AS o, k AS trait, {strategy_case(settings, 'k')}
-                         AS strategy,
+          FROM (SELECT node, o, k AS trait, {strategy_case(settings, 'k')} AS strategy,
                        json_extract(tr, '$."' || replace(k, '"', '\\"') || '"') AS v
-                FROM (SELECT hash(ids[1].t, ids[1].v) AS node, ts, key, tr,
-                             unnest(json_keys(tr)) AS k
-                      FROM b_trev WHERE len(ids) > 0 AND json_type(tr) = 'OBJECT'))
+                FROM (SELECT node, t.o AS o, t.tr AS tr, unnest(json_keys(t.tr)) AS k
+                      FROM (SELECT hash(ids[1].t, ids[1].v) AS node, unnest(trs) AS t
+                            FROM b_tup WHERE len(trs) > 0)
+                      WHERE json_type(t.tr) = 'OBJECT'))
           WHERE strategy <> 'latest_non_empty'
              OR v::VARCHAR NOT IN ('null', '""', '[]', '{{}}'))
         SELECT node, trait, max(o) AS o, arg_max(v, o) AS v,
