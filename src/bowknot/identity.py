@@ -59,7 +59,7 @@ DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS identities (
         node UBIGINT, id_type VARCHAR, id_value VARCHAR, cluster UBIGINT,
         person_id VARCHAR, status VARCHAR, first_seen TIMESTAMP, last_seen TIMESTAMP,
-        is_root BOOLEAN, linked_at TIMESTAMP)""",
+        is_root BOOLEAN)""",
     """CREATE TABLE IF NOT EXISTS identity_overrides (
         node UBIGINT, id_type VARCHAR, id_value VARCHAR, log_id BIGINT, created_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS identity_log (
@@ -252,7 +252,10 @@ def _components(con: duckdb.DuckDBPyConnection) -> int:
     Label propagation with pointer jumping: each round every node takes the smallest label
     among itself and its neighbours, then the label of its label. Rounds ~ log(diameter).
     """
-    run(con, "CREATE OR REPLACE TEMP TABLE b_cc AS SELECT node, node AS comp FROM b_aff")
+    # Only linked identifiers take part; every other one is a cluster of its own.
+    run(con, """CREATE OR REPLACE TEMP TABLE b_cc AS
+        SELECT a AS node, a AS comp FROM b_edges UNION SELECT b, b FROM b_edges""")
+    total = run(con, "SELECT sum(comp::HUGEINT) FROM b_cc")[0][0]
     rounds = 0
     while True:
         rounds += 1
@@ -265,12 +268,16 @@ def _components(con: duckdb.DuckDBPyConnection) -> int:
               GROUP BY node)
             SELECT s.node, least(s.comp, j.comp) AS comp
             FROM step s JOIN step j ON j.node = s.comp""")
-        changed = run(con, """SELECT count(*) FROM b_cc2 JOIN b_cc USING (node)
-                              WHERE b_cc2.comp <> b_cc.comp""")[0][0]
+        # Labels only ever decrease, so an unchanged sum means nothing changed.
+        new_total = run(con, "SELECT sum(comp::HUGEINT) FROM b_cc2")[0][0]
         run(con, "DROP TABLE b_cc")
         run(con, "ALTER TABLE b_cc2 RENAME TO b_cc")
-        if not changed:
-            return rounds
+        if new_total == total:
+            break
+        total = new_total
+    run(con, """INSERT INTO b_cc SELECT node, node FROM b_aff
+                ANTI JOIN b_cc USING (node)""")
+    return rounds
 
 
 def _label(con: duckdb.DuckDBPyConnection) -> int:
@@ -358,15 +365,11 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
           SELECT grp, arg_min({{'t': id_type, 'v': id_value, 'n': node}},
                               {{'f': first_seen, 'n': node}}) AS root
           FROM b_final GROUP BY grp),
-        links AS (  -- the earliest link of each node inside its own person
-          SELECT f.node, min(e.first) AS linked
-          FROM b_final f JOIN b_dedges e ON e.x = f.node JOIN b_final g ON g.node = e.y
-          WHERE g.grp = f.grp GROUP BY f.node)
         SELECT f.node, f.id_type, f.id_value, f.cluster,
                {person_id_sql('r.root.t', 'r.root.v')} AS person_id, f.status,
                {ts_of('f.first_seen')} AS first_seen, f.last_seen,
-               r.root.n = f.node AS is_root, {ts_of('l.linked')} AS linked_at
-        FROM b_final f JOIN roots r USING (grp) LEFT JOIN links l USING (node)""")
+               r.root.n = f.node AS is_root
+        FROM b_final f JOIN roots r USING (grp)""")
     # What changed: old person -> new person, for the log and the redirects.
     run(con, """CREATE OR REPLACE TEMP TABLE b_moves AS
         SELECT o.person_id AS old_id, n.person_id AS new_id, n.node

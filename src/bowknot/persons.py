@@ -83,9 +83,21 @@ class Persons:
                             WHERE person_id = ? ORDER BY trait""", [pid])
         person["traits"] = {r["trait"]: json.loads(r["value"]) for r in traits
                             if r["value"] is not None}
-        person["identifiers"] = self._q("""
-            SELECT id_type, id_value, status, first_seen, linked_at
-            FROM identities WHERE person_id = ? ORDER BY first_seen, id_type, id_value""", [pid])
+        # linked_at: the earliest link between the identifier and the rest of its person.
+        person["identifiers"] = self._q(f"""
+            WITH mine AS (SELECT node, id_type, id_value, status, first_seen
+                          FROM identities WHERE person_id = ?),
+            links AS (
+              SELECT x AS node, min(first) AS o FROM (
+                SELECT a AS x, b AS y, first FROM id_edges
+                WHERE a IN (SELECT node FROM mine) AND b IN (SELECT node FROM mine)
+                UNION ALL SELECT b, a, first FROM id_edges
+                WHERE a IN (SELECT node FROM mine) AND b IN (SELECT node FROM mine))
+              GROUP BY x)
+            SELECT id_type, id_value, status, first_seen,
+                   {identity.ts_of('links.o')} AS linked_at
+            FROM mine LEFT JOIN links USING (node)
+            ORDER BY first_seen, id_type, id_value""", [pid])
         person["trait_strategies"] = {r["trait"]: r["strategy"] for r in traits}
         person["changes"] = self.changes(pid)
         person["previous_ids"] = [r["old_person_id"] for r in self._q(
