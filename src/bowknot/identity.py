@@ -146,23 +146,29 @@ def ids_from_raw(settings: Settings) -> str:
     """SQL over the ``r_`` columns: the valid identifiers, a list of {t, v} in priority order.
 
     Priority: user_id, anonymous_id, email, id traits, external ids, previousId (an alias's
-    anonymous id). The first is the event's primary identifier.
+    anonymous id). The first is the event's primary identifier. Scalar fields are checked as
+    columns (vectorised); only external ids, a list, go through a lambda, and only when
+    present.
     """
-    trait_items = "".join(f""", {{'t': '{t}', 'v': "r_{t}"}}"""
-                          for t in split_list(settings.identity_id_traits))
     blocked = _quoted([v.lower() for v in split_list(settings.identity_blocked_values)])
     pattern = settings.identity_blocked_pattern.replace("'", "''")
-    return f"""list_filter(
-      [{{'t': 'user_id', 'v': r_user}}, {{'t': 'anonymous_id', 'v': r_anon}},
-       {{'t': 'email', 'v': r_email}}{trait_items}]
-      || coalesce(list_transform(
+
+    def valid(v: str) -> str:
+        # PostHog also matches illegal ids inside quotes ("null", 'undefined').
+        return (f"({v} IS NOT NULL AND NOT list_contains({blocked}, lower(trim({v}, ' \"''')))"
+                f" AND NOT regexp_full_match({v}, '{pattern}'))")
+
+    def one(t: str, column: str) -> str:
+        return f"CASE WHEN {valid(column)} THEN [{{'t': '{t}', 'v': {column}}}] ELSE [] END"
+
+    parts = [one("user_id", "r_user"), one("anonymous_id", "r_anon"), one("email", "r_email")]
+    parts += [one(t, f'"r_{t}"') for t in split_list(settings.identity_id_traits)]
+    parts.append(f"""CASE WHEN r_ext IS NULL THEN [] ELSE coalesce(list_filter(list_transform(
            try(from_json(r_ext, '[{{"id": "VARCHAR", "type": "VARCHAR"}}]')),
-           lambda x: {{'t': lower(trim(x.type)), 'v': trim(x.id)}}), [])
-      || [{{'t': 'anonymous_id', 'v': r_prev}}],
-      -- PostHog also matches illegal ids inside quotes ("null", 'undefined').
-      lambda x: x.v IS NOT NULL AND x.t IS NOT NULL AND x.t <> ''
-        AND NOT list_contains({blocked}, lower(trim(x.v, ' "''')))
-        AND NOT regexp_full_match(x.v, '{pattern}'))"""
+           lambda x: {{'t': lower(trim(x.type)), 'v': trim(x.id)}}),
+           lambda x: x.t IS NOT NULL AND x.t <> '' AND {valid('x.v')}), []) END""")
+    parts.append(one("anonymous_id", "r_prev"))
+    return "(" + "\n      || ".join(parts) + ")"
 
 
 def with_ids(settings: Settings, relation: str) -> str:

@@ -165,12 +165,13 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool)
           WHERE strategy <> 'latest_non_empty'
              OR v::VARCHAR NOT IN ('null', '""', '[]', '{{}}'))
         SELECT node, trait, max(o) AS o, arg_max(v, o) AS v,
-               sum(TRY_CAST(v::VARCHAR AS DECIMAL(38, 4))) FILTER (WHERE strategy = 'sum')
-                 AS total,
-               list_sort(list_distinct(flatten(list(
+               sum(CASE WHEN strategy = 'sum' THEN TRY_CAST(v::VARCHAR AS DECIMAL(38, 4))
+                   END) AS total,
+               list_sort(list_distinct(flatten(list(CASE WHEN strategy = 'union' THEN
                  CASE WHEN json_type(v) = 'ARRAY' THEN json_extract(v, '$[*]')::VARCHAR[]
                       WHEN v::VARCHAR IN ('null', '""') THEN []
-                      ELSE [v::VARCHAR] END) FILTER (WHERE strategy = 'union')))) AS vals
+                      ELSE [v::VARCHAR] END END) FILTER (WHERE strategy = 'union'))))
+                 AS vals
         FROM kv GROUP BY node, trait""")
     if full:
         run(con, "INSERT INTO trait_stats SELECT * FROM b_tr")
