@@ -311,3 +311,22 @@ def test_incremental_builds_equal_a_full_rebuild(
         after = snapshot(inc)
         inc.build(full=True)
         assert snapshot(inc) == after
+
+
+def test_person_events_view_agrees_with_timelines(ws: bowknot.Workspace) -> None:
+    """The analytics entry point attributes every event as the timelines do."""
+    ws.page("Home", anonymous_id="ipad", timestamp=ts(1))
+    ws.identify("alice", anonymous_id="ipad", timestamp=ts(2))
+    ws.identify("bob", anonymous_id="ipad", timestamp=ts(3))
+    ws.track("Booking Completed", user_id="bob", anonymous_id="ipad", timestamp=ts(3, 1))
+    ws.track("X", user_id="0", anonymous_id="kiosk", timestamp=ts(4))  # blocked user id
+    ws.track("Y", user_id="null", anonymous_id="undefined", timestamp=ts(5),
+             context={"traits": {"email": "solo@example.com"}})  # only an e-mail is valid
+    ws.build()
+    by_view: dict[str, set[str]] = {}
+    for r in ws.sql("SELECT person_id, message_id FROM person_events"):
+        by_view.setdefault(r["person_id"], set()).add(r["message_id"])
+    by_timeline = {pid: {e["message_id"] for e in ws.persons.timeline(pid)}
+                   for pid in (r["person_id"] for r in ws.sql("SELECT person_id FROM persons"))}
+    assert by_view == by_timeline
+    assert None not in by_view and len(by_view) == 4  # alice, bob, kiosk, solo@example.com

@@ -233,7 +233,22 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings) -> int:
     return int(run(con, "SELECT count(*) FROM b_pset")[0][0])
 
 
+# Every event with its person (as of the last build): the person of its primary identifier,
+# which is its userId when valid, else its anonymousId, else (both blocked) the identifier
+# recorded in event_fallback. The entry point of journey analytics.
+PERSON_EVENTS_VIEW = """CREATE OR REPLACE VIEW person_events AS
+    SELECT e.*, coalesce(u.person_id, a.person_id, f.person_id) AS person_id
+    FROM events e
+    LEFT JOIN (SELECT id_value, person_id FROM identities WHERE id_type = 'user_id') u
+      ON u.id_value = e.user_id
+    LEFT JOIN (SELECT id_value, person_id FROM identities WHERE id_type = 'anonymous_id') a
+      ON a.id_value = e.anonymous_id
+    LEFT JOIN (SELECT x.key, i.person_id FROM event_fallback x JOIN identities i USING (node)) f
+      ON f.key = e.key"""
+
+
 def create_view(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    run(con, PERSON_EVENTS_VIEW)
     days = int(settings.at_risk_days)
     run(con, f"""CREATE OR REPLACE VIEW profiles AS
         SELECT p.person_id, p.first_seen, p.last_seen, p.known_at, p.known_at IS NOT NULL
