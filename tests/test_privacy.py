@@ -111,3 +111,15 @@ def test_export_returns_everything_held(ws: bowknot.Workspace) -> None:
     assert len(data["events"]) == 4  # the support tool's event belongs to its own person
     assert len(data["failed_events"]) == 1
     assert ws.privacy.operations()[0]["kind"] == "export"
+
+
+def test_unknown_references_are_refused_unless_typed(ws: bowknot.Workspace) -> None:
+    load_people(ws)
+    with pytest.raises(NotFound, match="TYPE:VALUE"):
+        ws.privacy.delete("Booking Completed")
+    with pytest.raises(ValidationError):
+        ws.privacy.delete("   ")
+    # A typed identifier nobody holds yet (events arrived after the last build) is acted on.
+    ws.track("Late", user_id="late-user-81", properties={})
+    plan = ws.privacy.delete("user_id:late-user-81", dry_run=True)
+    assert plan["person_id"] is None and plan["counts"]["events"] == 1

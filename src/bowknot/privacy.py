@@ -28,7 +28,7 @@ from typing import Any
 import duckdb
 
 from . import identity
-from .errors import ValidationError
+from .errors import NotFound
 from .store.engine import run
 
 DDL: tuple[str, ...] = (
@@ -71,14 +71,19 @@ class Privacy:
         to nobody yet (not built, or only seen in failed events) is taken as it is."""
         try:
             pid: str | None = self.ws.persons.resolve(ref)
-        except Exception:
+        except NotFound:
             pid = None
         if pid is None:
-            id_type, _, value = ref.partition(":") if ":" in ref else ("", "", ref)
+            # Not (yet) a person: only an explicit TYPE:VALUE is acted on, so that a typo
+            # cannot touch data that merely contains the same text.
+            id_type, sep, value = ref.partition(":")
             value = value.strip()
-            if not value:
-                raise ValidationError("Give a person id or an identifier (e.g. email:a@b.c).")
-            return {"person_id": None, "identifiers": [{"id_type": id_type or "any",
+            if not sep or not value or ref.startswith("p_"):
+                raise NotFound(
+                    f"No person matches {ref!r}. To act on an identifier that is not part of "
+                    "a person (not built yet, or only in failed events), name its type: "
+                    "TYPE:VALUE such as email:mina@example.com.", ref=ref)
+            return {"person_id": None, "identifiers": [{"id_type": id_type.strip().lower(),
                                                         "id_value": value}], "values": [value]}
         ids = self.ws.store.query(
             "SELECT id_type, id_value, node FROM identities WHERE person_id = ?", [pid])
