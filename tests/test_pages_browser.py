@@ -23,6 +23,16 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=90)
 
 
+def screenshot(tmp_path: Path, url: str, name: str, height: int) -> None:
+    """A full-page screenshot, kept in tests/output/ (look at it: boxes are failures)."""
+    shot = tmp_path / name
+    chromium(tmp_path, f"--window-size=1280,{height}", f"--screenshot={shot}", url)
+    assert shot.exists() and shot.stat().st_size > 20_000
+    out = Path(__file__).parent / "output"
+    out.mkdir(exist_ok=True)
+    shutil.copy(shot, out / name)
+
+
 def test_sign_in_link_opens_the_overview_in_a_browser(server: tuple[Server, str, str],
                                                       tmp_path: Path) -> None:
     srv, key, token = server
@@ -34,13 +44,7 @@ def test_sign_in_link_opens_the_overview_in_a_browser(server: tuple[Server, str,
     dom = chromium(tmp_path, "--dump-dom", f"{srv.url}/signin?token={token}").stdout
     assert "Workspace overview" in dom
     assert "missing_event" in dom  # the failed event is listed
-    shot = tmp_path / "overview.png"
-    chromium(tmp_path, "--window-size=1280,1400", f"--screenshot={shot}",
-             f"{srv.url}/overview")
-    assert shot.exists() and shot.stat().st_size > 20_000
-    out = Path(__file__).parent / "output"
-    out.mkdir(exist_ok=True)
-    shutil.copy(shot, out / "overview.png")
+    screenshot(tmp_path, f"{srv.url}/overview", "overview.png", 1400)
 
 
 def test_without_a_session_the_browser_lands_on_sign_in(server: tuple[Server, str, str],
@@ -75,10 +79,4 @@ def test_person_page_shows_the_knot_in_a_browser(server: tuple[Server, str, str]
     assert "<script>alert(1)</script>" not in dom  # escaped
     missing = chromium(tmp_path, "--dump-dom", f"{srv.url}/persons?q=nobody").stdout
     assert "No person matches" in missing
-    shot = tmp_path / "person.png"
-    chromium(tmp_path, "--window-size=1280,1500", f"--screenshot={shot}",
-             f"{srv.url}/persons/{pid}")
-    assert shot.exists() and shot.stat().st_size > 20_000
-    out = Path(__file__).parent / "output"
-    out.mkdir(exist_ok=True)
-    shutil.copy(shot, out / "person.png")
+    screenshot(tmp_path, f"{srv.url}/persons/{pid}", "person.png", 1500)

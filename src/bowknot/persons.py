@@ -8,6 +8,7 @@ anonymous id and then any other identifier type.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from . import identity
@@ -142,30 +143,21 @@ class Persons:
     # -- identity changes --------------------------------------------------------------------
     def unmerge(self, log_id: int, build: bool = True) -> dict[str, Any]:
         """Undo merge ``log_id``: both persons come back, with their identifiers and events."""
-        with self.ws.builder.lock:
-            con = self.ws.builder.connection()
-            try:
-                run(con, "BEGIN TRANSACTION")
-                try:
-                    out = identity.unmerge(con, log_id)
-                    run(con, "COMMIT")
-                except BaseException:
-                    run(con, "ROLLBACK")
-                    raise
-            finally:
-                con.close()
-            if build:
-                out["build"] = self.ws.build().to_dict()
-        return out
+        return self._change(identity.unmerge, log_id, build)
 
     def remerge(self, log_id: int, build: bool = True) -> dict[str, Any]:
         """Take an unmerge back."""
+        return self._change(identity.remerge, log_id, build)
+
+    def _change(self, change: Callable[[Any, int], dict[str, Any]], log_id: int,
+                build: bool) -> dict[str, Any]:
+        """Apply an identity change in its own transaction, then build (one at a time)."""
         with self.ws.builder.lock:
             con = self.ws.builder.connection()
             try:
                 run(con, "BEGIN TRANSACTION")
                 try:
-                    out = identity.remerge(con, log_id)
+                    out = change(con, log_id)
                     run(con, "COMMIT")
                 except BaseException:
                     run(con, "ROLLBACK")
