@@ -176,13 +176,13 @@ class Builder:
                 coalesce(sum(events) FILTER (WHERE len(ids) = 0), 0) FROM b_tup""")[0]
             run(con, "DELETE FROM b_tup WHERE len(ids) = 0")
             _fallback(con, settings, window)
-            identity.update_graph(con)
+            identity.update_graph(con, full)
             resolved = identity.resolve(con, settings, build_id, full)
             result.identifiers_resolved = resolved["identifiers_resolved"]
             result.graph_rounds = resolved["graph_rounds"]
             result.label_rounds = resolved["label_rounds"]
             profiles.update_stats(con, settings, full)
-            result.persons_updated = profiles.update_persons(con, settings)
+            result.persons_updated = profiles.update_persons(con, settings, full)
             profiles.create_view(con, settings)
             _set_meta(con, "build_load_id", str(high))
             _set_meta(con, "node_hash", probe)

@@ -215,7 +215,7 @@ def person_id_sql(id_type: str, id_value: str) -> str:
 
 # --- the graph ------------------------------------------------------------------------------
 
-def update_graph(con: duckdb.DuckDBPyConnection) -> None:
+def update_graph(con: duckdb.DuckDBPyConnection, full: bool = False) -> None:
     """Fold new identifiers into the graph from ``b_tup``: one row per distinct combination
     of raw identifier fields in the new events, with ``ids``, ``first`` (the earliest
     (ts, key) of its events) and ``last_ts``.
@@ -232,6 +232,12 @@ def update_graph(con: duckdb.DuckDBPyConnection) -> None:
         FROM (SELECT first, {node_expr('ids[1]')} AS p, {node_expr('unnest(ids[2:])')} AS o
               FROM b_tup WHERE len(ids) > 1)
         WHERE p <> o GROUP BY ALL""")
+    if full:  # the graph starts empty: every identifier and link is new
+        run(con, "INSERT INTO id_nodes SELECT node, id_type, id_value, first_seen, last_seen "
+                 "FROM b_occ")
+        run(con, "INSERT INTO id_edges SELECT * FROM b_links")
+        run(con, "DELETE FROM identity_dirty")
+        return
     # New identifiers, new links, and identifiers now seen earlier than before (a late
     # event can change which identifier is a person's root, hence its id).
     run(con, """CREATE OR REPLACE TEMP TABLE b_touched AS
@@ -331,8 +337,11 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
             SELECT node FROM identities WHERE cluster IN (
               SELECT i.cluster FROM identities i JOIN b_touched USING (node))
             UNION SELECT node FROM b_touched""")
-    run(con, """CREATE OR REPLACE TEMP TABLE b_edges AS
-        SELECT e.* FROM id_edges e SEMI JOIN b_aff ON e.a = b_aff.node""")
+    if full:
+        run(con, "CREATE OR REPLACE TEMP VIEW b_edges AS SELECT * FROM id_edges")
+    else:
+        run(con, """CREATE OR REPLACE TEMP TABLE b_edges AS
+            SELECT e.* FROM id_edges e SEMI JOIN b_aff ON e.a = b_aff.node""")
     run(con, """CREATE OR REPLACE TEMP TABLE b_dedges AS
         SELECT a AS x, b AS y, first FROM b_edges UNION ALL SELECT b, a, first FROM b_edges""")
     rounds = _components(con)
@@ -376,15 +385,19 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
                {ts_of('f.first_seen')} AS first_seen, f.last_seen,
                r.root.n = f.node AS is_root
         FROM b_final f JOIN roots r USING (grp)""")
-    # What changed: old person -> new person, for the log and the redirects.
+    # What changed: identifiers whose person changed, for the log and the redirects.
     run(con, """CREATE OR REPLACE TEMP TABLE b_moves AS
         SELECT o.person_id AS old_id, n.person_id AS new_id, n.node
-        FROM identities o JOIN b_new n USING (node)""")
-    run(con, """CREATE OR REPLACE TEMP TABLE b_persons AS
-        SELECT DISTINCT person_id FROM identities SEMI JOIN b_aff USING (node)
-        UNION SELECT DISTINCT person_id FROM b_new""")
+        FROM identities o JOIN b_new n USING (node) WHERE o.person_id <> n.person_id""")
+    if not full:
+        run(con, """CREATE OR REPLACE TEMP TABLE b_persons AS
+            SELECT DISTINCT person_id FROM identities SEMI JOIN b_aff USING (node)
+            UNION SELECT DISTINCT person_id FROM b_new""")
     _log_changes(con, build_id)
-    run(con, "DELETE FROM identities WHERE node IN (SELECT node FROM b_aff)")
+    if full:
+        run(con, "DELETE FROM identities")
+    else:
+        run(con, "DELETE FROM identities WHERE node IN (SELECT node FROM b_aff)")
     run(con, "INSERT INTO identities SELECT * FROM b_new")
     if not full:  # identifiers seen again without new links
         run(con, """UPDATE identities SET last_seen = o.last_seen FROM b_occ o

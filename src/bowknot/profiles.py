@@ -156,12 +156,13 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool)
         WITH kv AS (
           SELECT node, CASE WHEN strategy = 'first' THEN -o ELSE o END AS o, trait, v,
                  strategy
-          FROM (SELECT node, o, k AS trait, {strategy_case(settings, 'k')} AS strategy,
-                       json_extract(tr, '$."' || replace(k, '"', '\\"') || '"') AS v
-                FROM (SELECT node, t.o AS o, t.tr AS tr, unnest(json_keys(t.tr)) AS k
+          FROM (SELECT node, o, kv.key AS trait, {strategy_case(settings, 'kv.key')}
+                         AS strategy, coalesce(kv.value, 'null'::JSON) AS v
+                -- one parse per traits object (a JSON null value comes back as NULL)
+                FROM (SELECT node, t.o AS o, unnest(map_entries(try(json_transform(
+                               t.tr, '"MAP(VARCHAR, JSON)"')))) AS kv
                       FROM (SELECT hash(ids[1].t, ids[1].v) AS node, unnest(trs) AS t
-                            FROM b_tup WHERE len(trs) > 0)
-                      WHERE json_type(t.tr) = 'OBJECT'))
+                            FROM b_tup WHERE len(trs) > 0)))
           WHERE strategy <> 'latest_non_empty'
              OR v::VARCHAR NOT IN ('null', '""', '[]', '{{}}'))
         SELECT node, trait, max(o) AS o, arg_max(v, o) AS v,
@@ -188,16 +189,21 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool)
         SELECT node FROM b_stats UNION SELECT node FROM b_tr""")
 
 
-def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings) -> int:
+def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool) -> int:
     """Rewrite persons, features and traits of every person touched by this build."""
-    run(con, """CREATE OR REPLACE TEMP TABLE b_pset AS
-        SELECT person_id FROM b_persons
-        UNION SELECT person_id FROM identities SEMI JOIN b_stat_nodes USING (node)
-        UNION SELECT person_id FROM identities SEMI JOIN b_occ USING (node)""")
-    for table in ("persons", "profile_features", "person_traits"):
-        run(con, f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM b_pset)")
-    run(con, """CREATE OR REPLACE TEMP TABLE b_pnodes AS
-        SELECT i.* FROM identities i SEMI JOIN b_pset USING (person_id)""")
+    if full:  # every person
+        for table in ("persons", "profile_features", "person_traits"):
+            run(con, f"DELETE FROM {table}")
+        run(con, "CREATE OR REPLACE TEMP VIEW b_pnodes AS SELECT * FROM identities")
+    else:
+        run(con, """CREATE OR REPLACE TEMP TABLE b_pset AS
+            SELECT person_id FROM b_persons
+            UNION SELECT person_id FROM identities SEMI JOIN b_stat_nodes USING (node)
+            UNION SELECT person_id FROM identities SEMI JOIN b_occ USING (node)""")
+        for table in ("persons", "profile_features", "person_traits"):
+            run(con, f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM b_pset)")
+        run(con, """CREATE OR REPLACE TEMP TABLE b_pnodes AS
+            SELECT i.* FROM identities i SEMI JOIN b_pset USING (person_id)""")
     run(con, """INSERT INTO persons
         SELECT person_id,
                any_value(id_type) FILTER (WHERE is_root) AS root_type,
@@ -230,7 +236,7 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings) -> int:
                coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
                f.last_booking_at, f.last_event_at, f.last_touch
         FROM (SELECT DISTINCT person_id FROM b_pnodes) p LEFT JOIN f USING (person_id)""")
-    return int(run(con, "SELECT count(*) FROM b_pset")[0][0])
+    return int(run(con, "SELECT count(DISTINCT person_id) FROM b_pnodes")[0][0])
 
 
 # Every event with its person (as of the last build): the person of its primary identifier,
