@@ -23,11 +23,11 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=90)
 
 
-def screenshot(tmp_path: Path, url: str, name: str, height: int) -> None:
+def screenshot(tmp_path: Path, url: str, name: str, height: int, width: int = 1280) -> None:
     """A full-page screenshot, kept in tests/output/ (look at it: boxes are failures)."""
     shot = tmp_path / name
-    chromium(tmp_path, f"--window-size=1280,{height}", f"--screenshot={shot}", url)
-    assert shot.exists() and shot.stat().st_size > 20_000
+    chromium(tmp_path, f"--window-size={width},{height}", f"--screenshot={shot}", url)
+    assert shot.exists() and shot.stat().st_size > 15_000
     out = Path(__file__).parent / "output"
     out.mkdir(exist_ok=True)
     shutil.copy(shot, out / name)
@@ -80,3 +80,24 @@ def test_person_page_shows_the_knot_in_a_browser(server: tuple[Server, str, str]
     missing = chromium(tmp_path, "--dump-dom", f"{srv.url}/persons?q=nobody").stdout
     assert "No person matches" in missing
     screenshot(tmp_path, f"{srv.url}/persons/{pid}", "person.png", 1500)
+
+
+@pytest.mark.parametrize("lang", ["en", "fa", "th"])
+def test_survey_page_in_three_languages(server: tuple[Server, str, str], tmp_path: Path,
+                                        lang: str) -> None:
+    srv, key, token = server
+    auth = {"Authorization": f"Bearer {token}"}
+    httpx.post(srv.url + "/v1/identify", auth=(key, ""), json={
+        "userId": "u-survey", "traits": {"email": "s@example.com"}})
+    assert httpx.post(srv.url + "/v1/build", headers=auth, json={}).is_success
+    assert httpx.post(srv.url + "/v1/surveys", headers=auth, json={
+        "survey_id": "nps", "kind": "nps", "company": "Bowknot Rentals",
+        "reasons": ["price", "car", "staff"]}).is_success
+    inv = httpx.post(srv.url + "/v1/surveys/nps/invitations", headers=auth,
+                     json={"person": "u-survey", "language": lang}).json()
+    url = f"{srv.url}/s/{inv['token']}?score=9"
+    dom = chromium(tmp_path, "--dump-dom", url).stdout
+    assert f'lang="{lang}"' in dom and ("rtl" in dom) == (lang == "fa")
+    screenshot(tmp_path, url, f"survey-{lang}.png", 1000)
+    # A phone-sized screen: the 0-10 scale wraps instead of overflowing.
+    screenshot(tmp_path, url, f"survey-{lang}-phone.png", 900, width=390)

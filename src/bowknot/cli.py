@@ -388,6 +388,84 @@ def privacy_export(ref: str, out_file: Path | None, db: Path) -> None:
         click.echo(f"wrote {out_file} (operation {result['operation_id']})")
 
 
+# -- surveys ---------------------------------------------------------------------------------
+@main.group()
+def surveys() -> None:
+    """Surveys: NPS, CSAT, CES and custom scales, signed links, answers on the timeline."""
+
+
+@surveys.command("create")
+@click.argument("survey_id")
+@click.option("--kind", type=click.Choice(["nps", "csat", "ces"]), default="nps",
+              show_default=True)
+@click.option("--company", default=None, help="Replaces {company} in the texts.")
+@click.option("--language", default="en", show_default=True, help="Default language.")
+@click.option("--reason", "reasons", multiple=True, help="A reason choice (repeatable).")
+@db_option
+@json_option
+def surveys_create(survey_id: str, kind: str, company: str | None, language: str,
+                   reasons: tuple[str, ...], db: Path, as_json: bool) -> None:
+    """Create (or replace) survey SURVEY_ID."""
+    with workspace(db) as ws:
+        survey = ws.surveys.create(survey_id, kind=kind, company=company, language=language,
+                                   reasons=list(reasons))
+    _json(survey) if as_json else click.echo(f"survey {survey_id} ({kind}) ready")
+
+
+@surveys.command("list")
+@db_option
+@json_option
+def surveys_list(db: Path, as_json: bool) -> None:
+    """Surveys with their invitations and answers."""
+    with workspace(db) as ws:
+        rows = ws.surveys.all()
+    _json(rows) if as_json else _table(rows)
+
+
+@surveys.command("invite")
+@click.argument("survey_id")
+@click.argument("person")
+@click.option("--trigger", default="manual", show_default=True,
+              help="One invitation per person, survey and trigger.")
+@click.option("--email", "by_email", is_flag=True, help="Send it over SMTP (smtp_* settings).")
+@click.option("--language", default=None, help="Override the person's language.")
+@db_option
+@json_option
+def surveys_invite(survey_id: str, person: str, trigger: str, by_email: bool,
+                   language: str | None, db: Path, as_json: bool) -> None:
+    """Invite PERSON (id, TYPE:VALUE or identifier): print the signed link, or e-mail it."""
+    from . import mailer
+
+    with workspace(db) as ws:
+        inv = ws.surveys.invite(survey_id, person, trigger=trigger,
+                                channel="email" if by_email else "link", language=language)
+        if by_email:
+            inv["delivery"] = mailer.send_invitation(ws, inv)
+    if as_json:
+        _json(inv)
+    else:
+        click.echo(inv["link"])
+        if by_email:
+            click.echo("e-mailed" if inv["delivery"]["sent"] else "already e-mailed before")
+
+
+@surveys.command("report")
+@click.argument("survey_id")
+@db_option
+@json_option
+def surveys_report(survey_id: str, db: Path, as_json: bool) -> None:
+    """Answers of SURVEY_ID; NPS with its 95 % interval."""
+    with workspace(db) as ws:
+        report = ws.surveys.report(survey_id)
+    if as_json:
+        _json(report)
+        return
+    keys = ("survey_id", "kind", "answers", "nps", "nps_low", "nps_high", "mean")
+    head: dict[str, Any] = {k: report[k] for k in keys if k in report}
+    _table([head])
+    _table([{"score": k, "answers": v} for k, v in sorted(report["distribution"].items())])
+
+
 # -- sql -----------------------------------------------------------------------------------
 @main.command()
 @click.argument("query")

@@ -71,3 +71,10 @@ class WorkspaceLocked(BowknotError):
 
 class QueryError(BowknotError):
     code = "query_error"
+
+
+class DeliveryFailed(BowknotError):
+    """A message could not be handed to its channel (SMTP, webhook); safe to retry."""
+
+    code = "delivery_failed"
+    status = 502

@@ -164,6 +164,26 @@ SETTINGS: tuple[Setting, ...] = (
         "activity is at risk (lifecycle stage).",
         int,
     ),
+    Setting(
+        "public_url",
+        "http://127.0.0.1:8000",
+        "The address people reach `bowknot serve` at: survey links in messages start with it.",
+    ),
+    Setting("survey_link_days", 14, "How long a survey invitation link stays valid, in days.",
+            int),
+    Setting(
+        "survey_burst_seconds",
+        10,
+        "Different scores posted from one survey link within this many seconds are flagged "
+        "as a scanner or a double click (the first answer is kept).",
+        int,
+    ),
+    Setting("smtp_host", "127.0.0.1", "SMTP server for survey e-mails."),
+    Setting("smtp_port", 25, "SMTP server port.", int),
+    Setting("smtp_starttls", False, "Use STARTTLS with the SMTP server.", bool),
+    Setting("smtp_user", "", "SMTP user name; empty means no login."),
+    Setting("smtp_password", "", "SMTP password."),
+    Setting("smtp_from", "bowknot <surveys@localhost>", "The From address of survey e-mails."),
     Setting("threads", 0, "DuckDB worker threads; 0 means one per core.", int),
     Setting(
         "memory_limit",

@@ -16,7 +16,7 @@ import duckdb
 import orjson
 
 from . import build as build_module
-from . import identity, privacy, profiles
+from . import identity, privacy, profiles, surveys
 from .access import Access
 from .errors import BowknotError, QueryError, ValidationError
 from .failures import Failures
@@ -39,12 +39,14 @@ class Workspace:
         self.access = Access(self.store)
         self.failures = Failures(self)
         build_module.migrate(self.store.connection)
-        for statement in identity.DDL + profiles.DDL + build_module.DDL + privacy.DDL:
+        ddl = (identity.DDL + profiles.DDL + build_module.DDL + privacy.DDL + surveys.DDL)
+        for statement in ddl:
             run(self.store.connection, statement)
         profiles.create_view(self.store.connection, self.settings)
         self.builder = build_module.Builder(self)
         self.persons = Persons(self)
         self.privacy = privacy.Privacy(self)
+        self.surveys = surveys.Surveys(self)
 
     # -- lifecycle ---------------------------------------------------------------------
     @property

@@ -1,0 +1,165 @@
+"""Survey pages (public, no JavaScript, no admin token: the signed link is the credential)
+and the surveys admin API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from .. import mailer, survey_text
+from ..errors import BowknotError, ValidationError
+from ..workspace import Workspace
+from .auth import require_admin
+from .pages import templates
+
+public = APIRouter(include_in_schema=False)
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)], tags=["surveys"])
+
+# Pages for people, not for caches or search engines.
+HEADERS = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex",
+           "Referrer-Policy": "no-referrer",
+           "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                      "form-action 'self'; frame-ancestors 'none'"}
+
+
+def _ws(request: Request) -> Workspace:
+    ws: Workspace = request.app.state.ws
+    return ws
+
+
+def _page(request: Request, token: str, state: str, inv: dict[str, Any] | None,
+          status: int = 200, **extra: Any) -> Response:
+    ws = _ws(request)
+    lang = request.query_params.get("lang")
+    survey: dict[str, Any] = {"kind": "nps", "language": "en", "translations": {},
+                              "company": None, "scale_min": 0, "scale_max": 10, "reasons": []}
+    if inv is not None:
+        survey = ws.surveys.get(inv["survey_id"])
+        available = sorted({*survey_text.LANGUAGES, *survey["translations"]})
+        lang = survey_text.pick_language(lang or inv["language"], available, inv["language"])
+    else:
+        lang = survey_text.pick_language(
+            lang or request.headers.get("accept-language"), list(survey_text.LANGUAGES), "en")
+    t = ws.surveys.texts(survey, lang)
+    ctx = {"t": t, "lang": lang, "dir": survey_text.direction(lang), "state": state,
+           "token": token, "csrf": ws.surveys.csrf(token), "low": survey["scale_min"],
+           "high": survey["scale_max"], "reasons": survey["reasons"] or [], "chosen": None,
+           "error": None, "ask_why": False, **extra}
+    return templates.TemplateResponse(request, "survey.html", ctx, status_code=status,
+                                      headers=HEADERS)
+
+
+_STATES = {"invalid": ("invalid", 404), "expired": ("expired", 410), "answered": ("used", 200)}
+
+
+@public.get("/s/{token}", response_class=HTMLResponse)
+async def survey_page(request: Request, token: str, score: str | None = None) -> Response:
+    """Show the question; a score from the e-mail is pre-selected. Records nothing."""
+    ws = _ws(request)
+    state, inv = await run_in_threadpool(ws.surveys.invitation, token)
+    if state in _STATES:
+        name, status = _STATES[state]
+        return _page(request, token, name, inv, status)
+    chosen = int(score) if score is not None and score.strip().isdigit() else None
+    return _page(request, token, "form", inv, chosen=chosen)
+
+
+@public.post("/s/{token}", response_class=HTMLResponse)
+async def survey_answer(request: Request, token: str, csrf: str = Form(""),
+                        score: str = Form(""), why: str = Form(""),
+                        reasons: list[str] | None = Form(None)) -> Response:  # noqa: B008
+    ws = _ws(request)
+    state, inv = await run_in_threadpool(ws.surveys.invitation, token)
+    if state in ("invalid", "expired"):
+        name, status = _STATES[state]
+        return _page(request, token, name, inv, status)
+    if not score.strip().isdigit():
+        t = ws.surveys.texts(ws.surveys.get(inv["survey_id"]), inv["language"]) if inv else {}
+        return _page(request, token, "form", inv, 400, error=t.get("choose"))
+    try:
+        out = await run_in_threadpool(ws.surveys.answer, token, int(score), why, reasons, csrf)
+    except ValidationError as exc:
+        return _page(request, token, "form", inv, 400, error=exc.message,
+                     chosen=int(score))
+    if out["state"] == "answered":
+        return _page(request, token, "used", inv)
+    return _page(request, token, "thanks", inv, ask_why=not out["invitation"]["commented"])
+
+
+@public.post("/s/{token}/why", response_class=HTMLResponse)
+async def survey_why(request: Request, token: str, csrf: str = Form(""),
+                     why: str = Form("")) -> Response:
+    ws = _ws(request)
+    try:
+        out = await run_in_threadpool(ws.surveys.comment, token, why, csrf)
+    except ValidationError:
+        return _page(request, token, "invalid", None, 400)
+    if out["state"] in ("invalid", "expired"):
+        name, status = _STATES[out["state"]]
+        return _page(request, token, name, out["invitation"], status)
+    return _page(request, token, "thanks_final", out["invitation"])
+
+
+# -- admin API -------------------------------------------------------------------------------
+class SurveyIn(BaseModel):
+    survey_id: str = Field(description="1-64 lower-case letters, digits, '-' or '_'")
+    kind: str = Field("nps", description="nps, csat, ces or custom")
+    name: str | None = None
+    language: str = Field("en", description="the survey's default language")
+    company: str | None = Field(None, description="replaces {company} in the texts")
+    scale: tuple[int, int] | None = Field(None, description="custom surveys: [min, max]")
+    reasons: list[str] | None = Field(None, description="optional reason choices")
+    translations: dict[str, dict[str, str]] | None = Field(
+        None, description="per language: strings to add or override (question, submit, ...)")
+
+
+class InviteIn(BaseModel):
+    person: str = Field(description="person id, TYPE:VALUE or identifier")
+    trigger: str = Field("manual", description="one invitation per person, survey and trigger")
+    channel: str = Field("link", description="link or email")
+    language: str | None = None
+
+
+def _json(value: Any) -> JSONResponse:
+    return JSONResponse(json.loads(json.dumps(value, default=str, ensure_ascii=False)))
+
+
+@router.post("/surveys", summary="Create or replace a survey")
+async def create_survey(request: Request, body: SurveyIn) -> JSONResponse:
+    ws = _ws(request)
+    survey = await run_in_threadpool(lambda: ws.surveys.create(
+        body.survey_id, kind=body.kind, name=body.name, language=body.language,
+        company=body.company, scale=body.scale, reasons=body.reasons,
+        translations=body.translations))
+    return _json(survey)
+
+
+@router.get("/surveys", summary="Surveys with their invitation and answer counts")
+async def list_surveys(request: Request) -> JSONResponse:
+    return _json(await run_in_threadpool(_ws(request).surveys.all))
+
+
+@router.post("/surveys/{survey_id}/invitations", summary="Invite a person (idempotent)")
+async def invite(request: Request, survey_id: str, body: InviteIn) -> JSONResponse:
+    ws = _ws(request)
+    inv = await run_in_threadpool(lambda: ws.surveys.invite(
+        survey_id, body.person, trigger=body.trigger, channel=body.channel,
+        language=body.language))
+    if body.channel == "email":
+        inv["delivery"] = await run_in_threadpool(mailer.send_invitation, ws, inv)
+    elif body.channel != "link":
+        raise ValidationError("channel: use link or email.")
+    return _json(inv)
+
+
+@router.get("/surveys/{survey_id}/report", summary="Answers and NPS with its interval")
+async def report(request: Request, survey_id: str) -> JSONResponse:
+    return _json(await run_in_threadpool(_ws(request).surveys.report, survey_id))
+
+
+__all__ = ["BowknotError", "public", "router"]

@@ -1,0 +1,326 @@
+"""Voice of the customer: surveys, signed single-use invitations, answers on the timeline.
+
+* A survey is NPS (0-10), CSAT (1-5), CES (1-7) or a custom scale, with optional reason
+  choices, in any number of languages (see survey_text.py).
+* An invitation is for one person, one survey and one trigger: inviting again with the same
+  trigger returns the same invitation, whatever retries happen. Its link is signed (HMAC-SHA256
+  with a workspace secret), expires, and is single-use.
+* Nothing is recorded on a GET (mail scanners fetch every link): the page shows the score
+  chosen in the email and records it only when the form is posted, with a CSRF token bound to
+  the link. The answer becomes a ``survey_answered`` event on the person (messageId derived
+  from the invitation, so a retry is a no-op); the "why" can follow as ``survey_commented``.
+  Different scores posted from one link within ``survey_burst_seconds`` are flagged
+  (``survey_flags``) and never counted twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from . import survey_text
+from .errors import NotFound, ValidationError
+from .store.engine import run
+
+KINDS: dict[str, tuple[int, int]] = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}
+
+DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS surveys (
+        survey_id VARCHAR, name VARCHAR, kind VARCHAR, scale_min INTEGER, scale_max INTEGER,
+        language VARCHAR, company VARCHAR, reasons VARCHAR[], translations JSON,
+        created_at TIMESTAMP, active BOOLEAN)""",
+    """CREATE TABLE IF NOT EXISTS survey_invitations (
+        invitation_id VARCHAR, survey_id VARCHAR, person_id VARCHAR, trigger VARCHAR,
+        channel VARCHAR, language VARCHAR, user_id VARCHAR, anonymous_id VARCHAR,
+        email VARCHAR, created_at TIMESTAMP, expires_at TIMESTAMP, sent_at TIMESTAMP,
+        answered_at TIMESTAMP, score INTEGER, commented_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS survey_flags (
+        invitation_id VARCHAR, flagged_at TIMESTAMP, kind VARCHAR, detail JSON)""",
+)
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Surveys:
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self._lock = threading.Lock()
+        self._secret: bytes | None = None
+
+    def _q(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.ws.store.query(sql, params)
+        return rows
+
+    def _exec(self, sql: str, params: list[Any] | None = None) -> None:
+        run(self.ws.store.cursor(), sql, params)
+
+    # -- secrets and tokens ----------------------------------------------------------------
+    @property
+    def secret(self) -> bytes:
+        if self._secret is None:
+            with self._lock:
+                rows = self._q("SELECT value FROM meta WHERE key = 'survey_secret'")
+                if not rows:
+                    self._exec("INSERT OR IGNORE INTO meta VALUES ('survey_secret', ?)",
+                               [secrets.token_hex(32)])
+                    rows = self._q("SELECT value FROM meta WHERE key = 'survey_secret'")
+                self._secret = bytes.fromhex(rows[0]["value"])
+        return self._secret
+
+    def _sign(self, text: str) -> str:
+        return _b64(hmac.new(self.secret, text.encode(), hashlib.sha256).digest()[:18])
+
+    def token(self, invitation_id: str, expires_at: datetime) -> str:
+        stamp = int(expires_at.replace(tzinfo=UTC).timestamp())
+        body = f"{invitation_id}.{stamp}"
+        return f"{body}.{self._sign(body)}"
+
+    def csrf(self, token: str) -> str:
+        return self._sign("csrf:" + token)
+
+    def link(self, token: str, score: int | None = None) -> str:
+        base = self.ws.settings.public_url.rstrip("/")
+        return f"{base}/s/{token}" + (f"?score={score}" if score is not None else "")
+
+    # -- surveys -----------------------------------------------------------------------------
+    def create(self, survey_id: str, *, kind: str = "nps", name: str | None = None,
+               language: str = "en", company: str | None = None,
+               scale: tuple[int, int] | None = None, reasons: list[str] | None = None,
+               translations: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+        """Create (or replace) survey ``survey_id``."""
+        if not _SLUG.match(survey_id or ""):
+            raise ValidationError(
+                f"Survey id {survey_id!r}: use 1-64 lower-case letters, digits, '-' or '_'.")
+        if kind not in (*KINDS, "custom"):
+            raise ValidationError(f"Survey kind {kind!r}: use nps, csat, ces or custom.")
+        low, high = scale or KINDS.get(kind, (1, 5))
+        if not (isinstance(low, int) and isinstance(high, int) and 0 <= low < high <= 10):
+            raise ValidationError("A scale is two whole numbers 0 <= min < max <= 10.")
+        for lang, strings in (translations or {}).items():
+            unknown = set(strings) - set(survey_text.TEXT["en"]) - {"question", "low", "high"}
+            if unknown:
+                raise ValidationError(
+                    f"translations.{lang}: unknown strings {sorted(unknown)}; the keys are "
+                    "those of bowknot.survey_text.TEXT['en'] plus question, low and high.")
+        if kind == "custom" and "question" not in (translations or {}).get(language, {}):
+            raise ValidationError(
+                f"A custom survey needs its question: translations={{'{language}': "
+                "{'question': '...'}}.")
+        with self._lock:
+            self._exec("DELETE FROM surveys WHERE survey_id = ?", [survey_id])
+            self._exec("""INSERT INTO surveys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)""",
+                       [survey_id, name or survey_id, kind, low, high, language, company,
+                        reasons or [], json.dumps(translations or {}, ensure_ascii=False),
+                        _now()])
+        return self.get(survey_id)
+
+    def get(self, survey_id: str) -> dict[str, Any]:
+        rows = self._q("SELECT * FROM surveys WHERE survey_id = ?", [survey_id])
+        if not rows:
+            raise NotFound(f"No survey {survey_id!r}; `bowknot surveys list` shows them.",
+                           survey_id=survey_id)
+        survey = rows[0]
+        survey["translations"] = json.loads(survey["translations"] or "{}")
+        return survey
+
+    def all(self) -> list[dict[str, Any]]:
+        return self._q("""SELECT s.survey_id, s.name, s.kind, s.language,
+                count(i.invitation_id) AS invitations, count(i.answered_at) AS answers
+            FROM surveys s LEFT JOIN survey_invitations i USING (survey_id)
+            GROUP BY ALL ORDER BY s.survey_id""")
+
+    def texts(self, survey: dict[str, Any], language: str) -> dict[str, str]:
+        """Every string of the survey's page and e-mail in ``language``."""
+        s = survey_text.strings(language, survey)
+        kind = survey["kind"]
+        own = {**(survey["translations"].get(survey["language"]) or {}),
+               **(survey["translations"].get(language) or {})}
+        s["question"] = own.get("question") or s.get(f"question_{kind}", "")
+        s["low"] = own.get("low") or s.get(f"low_{kind}", "")
+        s["high"] = own.get("high") or s.get(f"high_{kind}", "")
+        return s
+
+    # -- invitations ---------------------------------------------------------------------------
+    def invite(self, survey_id: str, person: str, *, trigger: str = "manual",
+               channel: str = "link", language: str | None = None) -> dict[str, Any]:
+        """The invitation of ``person`` for this survey and trigger (made once)."""
+        survey = self.get(survey_id)
+        pid = self.ws.persons.resolve(person)
+        with self._lock:
+            found = self._q("""SELECT * FROM survey_invitations
+                WHERE survey_id = ? AND person_id = ? AND trigger = ?""",
+                            [survey_id, pid, trigger])
+            if found:
+                return self._with_link(found[0])
+            ids = self._q("""SELECT id_type, id_value FROM identities
+                WHERE person_id = ? AND status = 'linked' ORDER BY first_seen""", [pid])
+            user = next((i["id_value"] for i in ids if i["id_type"] == "user_id"), None)
+            anon = next((i["id_value"] for i in ids if i["id_type"] == "anonymous_id"), None)
+            email = next((i["id_value"] for i in ids if i["id_type"] == "email"), None)
+            traits = self._q("""SELECT value FROM person_traits
+                WHERE person_id = ? AND trait IN ('language', 'locale')""", [pid])
+            wanted = language or (json.loads(traits[0]["value"]) if traits else None)
+            available = sorted({*survey_text.LANGUAGES, *survey["translations"]})
+            lang = survey_text.pick_language(str(wanted or ""), available, survey["language"])
+            now = _now()
+            invitation_id = uuid.uuid4().hex[:20]
+            expires = now + timedelta(days=self.ws.settings.survey_link_days)
+            self._exec("""INSERT INTO survey_invitations VALUES
+                (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL)""",
+                       [invitation_id, survey_id, pid, trigger, channel, lang, user,
+                        None if user else (anon or f"survey-{invitation_id}"), email, now,
+                        expires])
+            row = self._q("SELECT * FROM survey_invitations WHERE invitation_id = ?",
+                          [invitation_id])[0]
+        return self._with_link(row)
+
+    def _with_link(self, row: dict[str, Any]) -> dict[str, Any]:
+        token = self.token(row["invitation_id"], row["expires_at"])
+        return {**row, "token": token, "link": self.link(token)}
+
+    def invitation(self, token: str) -> tuple[str, dict[str, Any] | None]:
+        """(state, invitation): state is ok, answered, expired or invalid."""
+        parts = token.split(".")
+        if len(parts) != 3 or not hmac.compare_digest(
+                self._sign(f"{parts[0]}.{parts[1]}"), parts[2]):
+            return "invalid", None
+        rows = self._q("SELECT * FROM survey_invitations WHERE invitation_id = ?", [parts[0]])
+        if not rows:
+            return "invalid", None
+        inv = rows[0]
+        if inv["answered_at"] is not None:
+            return "answered", inv
+        if int(parts[1]) < time.time():
+            return "expired", inv
+        return "ok", inv
+
+    # -- answers -------------------------------------------------------------------------------
+    def _send(self, inv: dict[str, Any], event: str, message_id: str,
+              properties: dict[str, Any]) -> None:
+        payload: dict[str, Any] = {
+            "event": event, "messageId": message_id, "properties": properties,
+            "context": {"locale": inv["language"]}}
+        if inv["user_id"]:
+            payload["userId"] = inv["user_id"]
+        else:
+            payload["anonymousId"] = inv["anonymous_id"]
+            if inv["email"]:  # links a survey-only anonymous id to the person
+                payload["context"]["traits"] = {"email": inv["email"]}
+        self.ws.send("track", payload, source="surveys")
+
+    def answer(self, token: str, score: int, why: str | None = None,
+               reasons: Sequence[str] | None = None,
+               csrf: str | None = None) -> dict[str, Any]:
+        """Record an answer posted from the page; returns {state, invitation}."""
+        if csrf is not None and not hmac.compare_digest(self.csrf(token), csrf):
+            raise ValidationError("The form is out of date; reload the survey page.")
+        state, inv = self.invitation(token)
+        if inv is None or state in ("invalid", "expired"):
+            return {"state": state, "invitation": inv}
+        survey = self.get(inv["survey_id"])
+        if not isinstance(score, int) or not survey["scale_min"] <= score <= survey["scale_max"]:
+            raise ValidationError(
+                f"The score must be a whole number from {survey['scale_min']} to "
+                f"{survey['scale_max']}.")
+        chosen = [r for r in (reasons or []) if r in (survey["reasons"] or [])]
+        why = (why or "").strip()[:5000] or None
+        with self._lock:
+            state, inv = self.invitation(token)
+            assert inv is not None
+            if state == "answered":
+                if inv["score"] != score:
+                    recent = (_now() - inv["answered_at"]).total_seconds()
+                    kind = ("burst" if recent <= self.ws.settings.survey_burst_seconds
+                            else "second_answer")
+                    self._exec("INSERT INTO survey_flags VALUES (?, ?, ?, ?)",
+                               [inv["invitation_id"], _now(), kind, json.dumps(
+                                   {"kept_score": inv["score"], "refused_score": score,
+                                    "seconds_after": round(recent, 3)})])
+                return {"state": "answered", "invitation": inv}
+            self._send(inv, "survey_answered", f"survey-{inv['invitation_id']}", {
+                "survey_id": inv["survey_id"], "kind": survey["kind"], "score": score,
+                "why": why, "reasons": chosen, "invitation_id": inv["invitation_id"],
+                "trigger": inv["trigger"], "channel": inv["channel"],
+                "language": inv["language"]})
+            now = _now()
+            self._exec("""UPDATE survey_invitations SET answered_at = ?, score = ?,
+                commented_at = CASE WHEN ? THEN ? END WHERE invitation_id = ?""",
+                       [now, score, why is not None, now, inv["invitation_id"]])
+        return {"state": "recorded", "invitation": {**inv, "score": score,
+                                                    "commented": why is not None}}
+
+    def comment(self, token: str, why: str, csrf: str | None = None) -> dict[str, Any]:
+        """Add the "why" after the score (once)."""
+        if csrf is not None and not hmac.compare_digest(self.csrf(token), csrf):
+            raise ValidationError("The form is out of date; reload the survey page.")
+        why = (why or "").strip()[:5000]
+        state, inv = self.invitation(token)
+        if inv is None or state != "answered" or not why:
+            return {"state": state if state != "answered" else "empty", "invitation": inv}
+        with self._lock:
+            if inv["commented_at"] is not None:
+                return {"state": "commented", "invitation": inv}
+            self._send(inv, "survey_commented", f"survey-why-{inv['invitation_id']}", {
+                "survey_id": inv["survey_id"], "why": why,
+                "invitation_id": inv["invitation_id"], "score": inv["score"]})
+            self._exec("UPDATE survey_invitations SET commented_at = ? WHERE invitation_id = ?",
+                       [_now(), inv["invitation_id"]])
+        return {"state": "recorded", "invitation": inv}
+
+    # -- what the answers say ------------------------------------------------------------------
+    def report(self, survey_id: str) -> dict[str, Any]:
+        """Answers, and for NPS the score with a 95 % adjusted-Wald interval."""
+        survey = self.get(survey_id)
+        rows = self._q("""
+            SELECT TRY_CAST(properties->>'score' AS INTEGER) AS score, count(*) AS n
+            FROM events WHERE event = 'survey_answered'
+              AND properties->>'survey_id' = ? GROUP BY 1 ORDER BY 1""", [survey_id])
+        dist = {r["score"]: r["n"] for r in rows if r["score"] is not None}
+        n = sum(dist.values())
+        out: dict[str, Any] = {"survey_id": survey_id, "kind": survey["kind"], "answers": n,
+                               "distribution": dist,
+                               "flags": self._q("""SELECT f.kind, count(*) AS n
+                                   FROM survey_flags f JOIN survey_invitations i
+                                   USING (invitation_id) WHERE i.survey_id = ?
+                                   GROUP BY 1""", [survey_id])}
+        if survey["kind"] == "nps":
+            out.update(nps(sum(v for k, v in dist.items() if k >= 9),
+                           sum(v for k, v in dist.items() if k <= 6), n))
+        elif n:
+            out["mean"] = sum(k * v for k, v in dist.items()) / n
+        return out
+
+
+def nps(promoters: int, detractors: int, n: int, z: float = 1.96) -> dict[str, Any]:
+    """NPS (-100..100) with the adjusted-Wald interval (Sauro & Lewis): add 3/4 of an answer
+    to promoters and detractors and 3 to n, then a Wald interval on the difference."""
+    if n == 0:
+        return {"nps": None, "nps_low": None, "nps_high": None, "promoters": 0,
+                "detractors": 0}
+    na = n + 3
+    pp, pd = (promoters + 0.75) / na, (detractors + 0.75) / na
+    adj = pp - pd
+    half = z * math.sqrt(max(pp + pd - adj * adj, 0.0) / na)
+    return {"nps": round(100 * (promoters - detractors) / n, 1),
+            "nps_low": round(100 * max(adj - half, -1.0), 1),
+            "nps_high": round(100 * min(adj + half, 1.0), 1),
+            "promoters": promoters, "detractors": detractors}

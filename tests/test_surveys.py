@@ -1,0 +1,243 @@
+"""Surveys: signed single-use links, nothing recorded on GET, answers on the timeline, e-mail
+over a real SMTP server, languages (Persian right to left, Thai), NPS with its interval."""
+
+from __future__ import annotations
+
+import email
+from collections.abc import Iterator
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from fastapi.testclient import TestClient
+
+import bowknot
+from bowknot import mailer
+from bowknot.errors import NotFound, ValidationError
+from bowknot.surveys import nps
+
+from .conftest import free_port
+
+
+def person(ws: bowknot.Workspace, user: str = "u-mina", email_: str = "mina@example.com",
+           language: str | None = None) -> str:
+    traits: dict[str, Any] = {"email": email_, "name": "Mina"}
+    if language:
+        traits["language"] = language
+    ws.identify(user, anonymous_id=f"anon-{user}", traits=traits,
+                timestamp="2026-07-01T00:00:00Z")
+    ws.build()
+    return ws.persons.resolve(user)
+
+
+def form_fields(html: str) -> dict[str, str]:
+    import re
+
+    return dict(re.findall(r'name="(csrf)" value="([^"]+)"', html))
+
+
+def test_answer_flow_records_once_and_lands_on_the_timeline(
+        ws: bowknot.Workspace, client: TestClient) -> None:
+    pid = person(ws)
+    ws.surveys.create("nps-relationship", kind="nps", company="Bowknot Rentals")
+    inv = ws.surveys.invite("nps-relationship", pid, trigger="quarterly")
+    assert ws.surveys.invite("nps-relationship", "mina@example.com",
+                             trigger="quarterly")["invitation_id"] == inv["invitation_id"]
+    path = "/s/" + inv["token"]
+
+    # A scanner (or the person) opening the link, even with a score, records nothing.
+    page = client.get(path + "?score=9")
+    assert page.status_code == 200 and 'value="9" checked' in page.text
+    assert "Bowknot Rentals" in page.text and page.headers["cache-control"] == "no-store"
+    assert ws.sql("SELECT count(*) AS n FROM events WHERE event = 'survey_answered'") == [
+        {"n": 0}]
+
+    csrf = form_fields(page.text)["csrf"]
+    bad = client.post(path, data={"csrf": "forged", "score": "9"})
+    assert bad.status_code == 400 and "reload" in bad.text
+    missing = client.post(path, data={"csrf": csrf})
+    assert missing.status_code == 400 and "choose a score" in missing.text
+    done = client.post(path, data={"csrf": csrf, "score": "9"})
+    assert done.status_code == 200 and "Thank you" in done.text and "/why" in done.text
+    # The score is kept although no "why" was given; the why can follow, once.
+    why = client.post(path + "/why", data={"csrf": csrf, "why": "Fast <b>pick-up</b>"})
+    assert "We read every answer" in why.text
+    again = client.post(path, data={"csrf": csrf, "score": "9"})
+    assert "already answered" in again.text
+
+    ws.build()
+    timeline = ws.persons.timeline(pid)
+    answered = [e for e in timeline if e["event"] == "survey_answered"]
+    assert len(answered) == 1 and answered[0]["properties"]["score"] == 9
+    assert [e["properties"]["why"] for e in timeline if e["event"] == "survey_commented"] == [
+        "Fast <b>pick-up</b>"]
+    report = ws.surveys.report("nps-relationship")
+    assert report["answers"] == 1 and report["nps"] == 100.0
+
+
+def test_tampered_expired_and_burst_links(ws: bowknot.Workspace, client: TestClient) -> None:
+    pid = person(ws)
+    ws.surveys.create("csat-support", kind="csat")
+    inv = ws.surveys.invite("csat-support", pid)
+    token = inv["token"]
+    body, sig = token.rsplit(".", 1)
+    tampered = client.get(f"/s/{body}.{'A' * len(sig)}")
+    assert tampered.status_code == 404 and "not valid" in tampered.text
+    other_id = client.get("/s/" + "x" * 20 + "." + token.split(".")[1] + "." + sig)
+    assert other_id.status_code == 404
+
+    csrf = form_fields(client.get("/s/" + token).text)["csrf"]
+    out_of_range = client.post("/s/" + token, data={"csrf": csrf, "score": "9"})
+    assert out_of_range.status_code == 400 and "from 1 to 5" in out_of_range.text
+    assert client.post("/s/" + token, data={"csrf": csrf, "score": "2"}).status_code == 200
+    # A scanner posting every score in a burst: flagged for audit, never counted.
+    for score in ("3", "4", "5"):
+        assert "already answered" in client.post(
+            "/s/" + token, data={"csrf": csrf, "score": score}).text
+    flags = ws.sql("SELECT kind, detail FROM survey_flags")
+    assert [f["kind"] for f in flags] == ["burst"] * 3
+    assert ws.sql("SELECT count(*) AS n FROM events WHERE event = 'survey_answered'") == [
+        {"n": 1}]
+
+    # An expired link: a friendly page, nothing recorded.
+    with bowknot.connect(ws.path.with_name("exp.duckdb"), survey_link_days=-1) as old:
+        pid2 = person(old)
+        old.surveys.create("nps", kind="nps")
+        expired = old.surveys.invite("nps", pid2)
+        state, _ = old.surveys.invitation(expired["token"])
+        assert state == "expired"
+        assert old.surveys.answer(expired["token"], 5)["state"] == "expired"
+
+
+def test_languages_persian_right_to_left_and_thai(ws: bowknot.Workspace,
+                                                  client: TestClient) -> None:
+    pid = person(ws, language="fa-IR")
+    ws.surveys.create("nps", kind="nps", company="بوکنات",
+                      translations={"th": {"submit": "ส่งคำตอบ"}})
+    inv = ws.surveys.invite("nps", pid)
+    assert inv["language"] == "fa"
+    fa = client.get("/s/" + inv["token"]).text
+    assert 'dir="rtl"' in fa and 'lang="fa"' in fa and "ارسال" in fa and "بوکنات" in fa
+    th = client.get("/s/" + inv["token"] + "?lang=th").text
+    assert 'dir="ltr"' in th and "ส่งคำตอบ" in th and "แนะนำ" in th
+    with pytest.raises(ValidationError, match="unknown strings"):
+        ws.surveys.create("bad", translations={"fa": {"sumbit": "x"}})
+    with pytest.raises(ValidationError, match="needs its question"):
+        ws.surveys.create("custom-q", kind="custom")
+    with pytest.raises(NotFound):
+        ws.surveys.invite("nope", pid)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+def test_email_invitation_over_smtp_is_sent_once(tmp_path: Path,
+                                                 smtp: tuple[Inbox, int]) -> None:
+    inbox, port = smtp
+    with bowknot.connect(tmp_path / "w.duckdb", smtp_port=port,
+                         public_url="https://cx.example.com") as ws:
+        pid = person(ws, language="th")
+        ws.surveys.create("nps", kind="nps", company="Bowknot")
+        inv = ws.surveys.invite("nps", pid, channel="email")
+        assert mailer.send_invitation(ws, inv)["sent"] is True
+        assert mailer.send_invitation(ws, inv)["sent"] is False  # a retry sends nothing
+        assert len(inbox.messages) == 1
+        msg = inbox.messages[0]
+        assert msg["To"] == "mina@example.com" and "Bowknot" in str(msg["Subject"])
+        parts = {p.get_content_type(): p.get_payload(decode=True).decode()
+                 for p in msg.walk() if not p.is_multipart()}
+        html = parts["text/html"]
+        for n in range(11):  # the score buttons are in the e-mail itself
+            assert f"https://cx.example.com/s/{inv['token']}?score={n}" in html
+        assert "แนะนำ" in html and "?score=10" in parts["text/plain"]
+        ws.build()
+        assert [e["event"] for e in ws.persons.timeline(pid)
+                if e["source"] == "surveys"] == ["survey_invited"]
+
+    with bowknot.connect(tmp_path / "w2.duckdb", smtp_port=free_port()) as down:
+        pid = person(down)
+        down.surveys.create("nps", kind="nps")
+        inv = down.surveys.invite("nps", pid, channel="email")
+        with pytest.raises(bowknot.BowknotError, match="safe to retry"):
+            mailer.send_invitation(down, inv)
+        assert down.sql("SELECT sent_at FROM survey_invitations") == [{"sent_at": None}]
+
+
+def test_nps_adjusted_wald_interval() -> None:
+    # 60 promoters, 20 detractors of 100: NPS 40. Adjusted Wald (MeasuringU): n' = 103,
+    # p+ = 60.75/103, p- = 20.75/103, d = p+ - p- = .3883,
+    # var = (p+ + p- - d^2)/n' = .006218, half = 1.96 * sqrt(var) = .1546 -> [23.4, 54.3].
+    out = nps(60, 20, 100)
+    assert out["nps"] == 40.0
+    assert out["nps_low"] == pytest.approx(23.4, abs=0.1)
+    assert out["nps_high"] == pytest.approx(54.3, abs=0.1)
+    assert nps(0, 0, 0)["nps"] is None
+    assert -100 <= nps(0, 3, 3)["nps_low"] <= nps(0, 3, 3)["nps_high"] <= 100
+
+
+def test_surveys_admin_api(ws: bowknot.Workspace, client: TestClient,
+                           admin_token: str) -> None:
+    pid = person(ws)
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    assert client.post("/v1/surveys", json={"survey_id": "nps"}).status_code == 401
+    made = client.post("/v1/surveys", headers=auth, json={
+        "survey_id": "nps-booking", "kind": "nps", "reasons": ["price", "car", "staff"]})
+    assert made.status_code == 200, made.text
+    bad = client.post("/v1/surveys", headers=auth, json={"survey_id": "Bad Id!"})
+    assert bad.status_code == 400 and "lower-case" in bad.json()["error"]["message"]
+    inv = client.post("/v1/surveys/nps-booking/invitations", headers=auth,
+                      json={"person": pid, "trigger": "booking-1"}).json()
+    page = client.get(inv["link"].split("8000", 1)[1])
+    assert "price" in page.text
+    csrf = form_fields(page.text)["csrf"]
+    client.post(inv["link"].split("8000", 1)[1],
+                data={"csrf": csrf, "score": "3", "reasons": ["price", "made-up"]})
+    listed = client.get("/v1/surveys", headers=auth).json()
+    assert listed == [{"survey_id": "nps-booking", "name": "nps-booking", "kind": "nps",
+                       "language": "en", "invitations": 1, "answers": 1}]
+    report = client.get("/v1/surveys/nps-booking/report", headers=auth).json()
+    assert report["nps"] == -100.0 and report["distribution"] == {"3": 1}
+    props = ws.sql("SELECT properties FROM events WHERE event = 'survey_answered'")[0]
+    assert '"reasons":["price"]' in props["properties"].replace(" ", "")
+
+
+def test_surveys_cli(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bowknot.cli import main
+
+    db = str(tmp_path / "w.duckdb")
+    with bowknot.connect(db) as ws:
+        person(ws)
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(main, [*args, "--db", db], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "ready" in run("surveys", "create", "nps", "--kind", "nps", "--company", "Acme")
+    link = run("surveys", "invite", "nps", "mina@example.com").strip()
+    assert link.startswith("http://127.0.0.1:8000/s/")
+    assert run("surveys", "invite", "nps", "u-mina").strip() == link  # same trigger: same link
+    with bowknot.connect(db) as ws:
+        assert ws.surveys.answer(link.rsplit("/", 1)[1], 10)["state"] == "recorded"
+    assert "100" in run("surveys", "report", "nps")
+    assert "nps" in run("surveys", "list")
