@@ -63,7 +63,7 @@ def _now() -> datetime:
 class Surveys:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # invite -> token -> secret re-enters
         self._secret: bytes | None = None
 
     def _q(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
