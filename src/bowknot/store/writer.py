@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -276,7 +277,12 @@ class Writer:
             con.register("items", raws)
             values["raw_column"] = ""
             sql = ingest.KEYED_SQL.replace("$inner", ingest.NORMALIZE_SQL)
-            tables["staged"] = con.sql(ingest.substitute(sql, values)).to_arrow_table(_BATCH_ROWS)
+            try:
+                staged = con.sql(ingest.substitute(ingest.optimistic(sql), values)
+                                 ).to_arrow_table(_BATCH_ROWS)
+            except duckdb.Error:  # a line that is not JSON: parse again, explaining it
+                staged = con.sql(ingest.substitute(sql, values)).to_arrow_table(_BATCH_ROWS)
+            tables["staged"] = staged
             tables["raws"] = raws
             con.unregister("items")
         elif items_in:  # a replay: request bodies and pre-split items together
@@ -295,9 +301,14 @@ class Writer:
             values["file_items"] = ""
             values["raw_column"] = ", raw"
             values["now_ts"] = "received_at"  # every request row has it
-            sql = ingest.substitute(ingest.PREPARE_REQUESTS_SQL, values)
-            tables["staged"] = tables["raws"] = self._statements(con).query(
-                sql, {"requests": requests})
+            stmts = self._statements(con)
+            sql = ingest.PREPARE_REQUESTS_SQL
+            try:
+                staged = stmts.query(ingest.substitute(ingest.optimistic(sql), values),
+                                     {"requests": requests})
+            except duckdb.Error:  # an event that is not JSON: parse again, explaining it
+                staged = stmts.query(ingest.substitute(sql, values), {"requests": requests})
+            tables["staged"] = tables["raws"] = staged
             self._statements(con).clear()
         origin = group[0].requests[0].origin if group[0].requests else "import"
         file = group[0].requests[0].file if group[0].requests else None
