@@ -393,6 +393,14 @@ class Writer:
         stmts.clear()
         keys = staged.column("key").fill_null(0).to_numpy()
         self._key_index(con).add(keys[outcome == 0])
+        if prep.origin == "import":
+            # A large insert goes straight to the file and leaves little in the write-ahead
+            # log, so no automatic checkpoint comes; without this one, closing after 20 M
+            # events checkpointed them all at once (15 s, +3 GB of memory, measured). A
+            # checkpoint that cannot run now (a reader's open transaction) waits for the
+            # next chunk.
+            with contextlib.suppress(duckdb.Error):
+                run(con, "CHECKPOINT")
         self.commits += 1
         return self._outcomes(prep, classified, outcome, failed_rows, load_id)
 
