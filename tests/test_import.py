@@ -111,3 +111,22 @@ def test_a_chunk_larger_than_a_row_group_is_stored_whole(ws: bowknot.Workspace,
     r = import_file(ws, f)
     assert (r.rows, r.accepted) == (130_000, 130_000)
     assert ws.sql("SELECT count(*) AS n FROM events")[0]["n"] == 130_000
+
+
+def test_repeats_across_chunks_and_sessions(tmp_path: Path) -> None:
+    # The writer's key index sees earlier chunks of the same file and, after reopening,
+    # what is stored; a repeat is a duplicate and a changed payload a conflict either way.
+    lines = [ev(i) for i in range(200)] + [ev(5), ev(7, event="B")]
+    f = jsonl(tmp_path / "e.jsonl", lines)
+    db = tmp_path / "w.duckdb"
+    with bowknot.connect(db, import_chunk_bytes=1000) as ws:
+        r = import_file(ws, f)
+        assert (r.accepted, r.duplicates, r.conflicts, r.failed) == (200, 1, 1, 0)
+        [kept] = ws.failures.list()
+        assert kept["position"] == 202 and kept["reasons"][0]["code"] == "message_id_conflict"
+    with bowknot.connect(db) as ws:
+        again = import_file(ws, f)
+        assert (again.accepted, again.duplicates, again.conflicts) == (0, 201, 1)
+        assert ws.sql("SELECT count(*) AS n FROM events")[0]["n"] == 200
+        ws.send("track", json.loads(ev(1)), source="import")  # live, within the window
+        assert ws.sql("SELECT count(*) AS n FROM events")[0]["n"] == 200

@@ -9,7 +9,8 @@ Every way in (HTTP, the library, file import, replay) hands raw JSON text to the
    a list of typed reasons (empty when valid) and its corrected ``timestamp``;
 3. ``classify`` and append, in one transaction: valid items are deduplicated on
    (source, messageId) and appended to ``events``; everything refused goes to
-   ``failed_events`` with its raw text.
+   ``failed_events`` with its raw text. The writer's in-memory key index
+   (``store/keys.py``) picks the few rows that need comparing with stored events in SQL.
 
 Steps 1-2 touch no table, so the writer runs them for the next group while step 3 commits the
 previous one.
@@ -126,9 +127,10 @@ RULES: tuple[tuple[str, str], ...] = (
     # An object or array where an id belongs arrives as its JSON text (a string id that
     # itself spells a JSON object or array is refused too); nested parts must be objects.
     ("invalid_field_type", "o IS NOT NULL AND (" + " OR ".join(
-        [f"(left({c}, 1) IN ('{{', '[') AND coalesce(json_type(try_cast({c} AS JSON)), '') "
+        [f"((starts_with({c}, '{{') OR starts_with({c}, '[')) "
+         f"AND coalesce(json_type(try_cast({c} AS JSON)), '') "
          "IN ('OBJECT', 'ARRAY'))" for _, c in ID_FIELDS]
-        + [f"left({c}::VARCHAR, 1) <> '{{'" for _, c in NESTED_FIELDS]) + ")"),
+        + [f"NOT starts_with({c}::VARCHAR, '{{')" for _, c in NESTED_FIELDS]) + ")"),
     ("missing_identity", "o IS NOT NULL AND f_anonymous_id IS NULL AND f_user_id IS NULL"),
     ("missing_event", "type_ = 'track' AND f_event IS NULL"),
     ("missing_previous_id", "type_ = 'alias' AND f_previous_id IS NULL"),
@@ -147,7 +149,9 @@ WITH parsed AS (
   -- One parse per item into a typed struct; try() turns invalid JSON into NULL so the row
   -- can be explained instead of failing the load.
   SELECT i.*,
-    CASE WHEN ltrim(raw)[1] = '{' THEN try(from_json(raw, '$spec_struct')) END AS o
+    -- starts_with first: ltrim copies the text, and almost every line starts with '{'.
+    CASE WHEN starts_with(raw, '{') OR ltrim(raw)[1] = '{'
+         THEN try(from_json(raw, '$spec_struct')) END AS o
   FROM items i
 ), fields AS (
   SELECT parsed.*,
@@ -189,10 +193,10 @@ SELECT
   f_previous_id AS previous_id,
   -- Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp).
   CASE WHEN orig_ts IS NOT NULL AND sent_ts IS NOT NULL
-         THEN coalesce(recv_ts, received_at, TIMESTAMP '$now') - (sent_ts - orig_ts)
-       ELSE coalesce(orig_ts, recv_ts, received_at, TIMESTAMP '$now') END AS timestamp,
+         THEN coalesce(recv_ts, received_at, $now_ts) - (sent_ts - orig_ts)
+       ELSE coalesce(orig_ts, recv_ts, received_at, $now_ts) END AS timestamp,
   orig_ts AS original_timestamp, sent_ts AS sent_at,
-  coalesce(recv_ts, received_at, TIMESTAMP '$now') AS received_at,
+  coalesce(recv_ts, received_at, $now_ts) AS received_at,
   f_properties AS properties, f_traits AS traits,
   CASE WHEN batch_context IS NULL THEN f_context WHEN f_context IS NULL THEN batch_context
        ELSE json_merge_patch(batch_context, f_context) END AS context,
@@ -202,12 +206,27 @@ SELECT
 FROM checked
 """
 
+# The deduplication key and the payload fingerprint are computed with the rest of step 2, so
+# the commit only has to compare them (``store/keys.py``).
+KEYED_SQL = """
+SELECT s.*,
+       CASE WHEN len(reasons) = 0 THEN hash(source, message_id) END AS key,
+       CASE WHEN len(reasons) = 0 THEN
+         hash(type, event, name, anonymous_id, user_id, group_id, previous_id,
+              original_timestamp, properties::VARCHAR, traits::VARCHAR, context::VARCHAR)
+       END AS fingerprint
+FROM ($inner
+) s
+"""
+
 # Request bodies go from text to validated rows in one statement (each statement costs
-# DuckDB's planner several milliseconds, which dominates small group commits). A request
-# refused as a whole becomes one row with no position, carrying its body.
+# DuckDB's planner several milliseconds, which dominates small group commits; the writer
+# prepares this one once per connection). A request refused as a whole becomes one row with
+# no position, carrying its body.
 PREPARE_REQUESTS_SQL = (
-    "CREATE OR REPLACE TEMP TABLE staged AS\nWITH req_checked AS (" + REQUEST_CHECK_SQL
-    + "), items AS (" + EXPLODE_SQL + "), staged AS (" + NORMALIZE_SQL + """)
+    "WITH req_checked AS (" + REQUEST_CHECK_SQL
+    + "), items AS (" + EXPLODE_SQL + "), staged AS ("
+    + KEYED_SQL.replace("$inner", NORMALIZE_SQL) + """)
 SELECT * FROM staged
 UNION ALL BY NAME
 SELECT req, NULL::BIGINT AS pos, source, origin, call, trusted, file, body AS raw,
@@ -229,41 +248,35 @@ WHERE s.outcome = 'failed'
 # A duplicate is the same (source, messageId); it is a harmless re-send when its payload
 # fingerprint (everything but sentAt/receivedAt) matches the stored one, and a conflict (kept
 # aside, never dropped) when it does not: Snowplow's natural vs synthetic duplicates.
+# The writer's key index picks the suspects: valid rows whose key was stored before or repeats
+# within the load (every row of such a key). Only they are classified here; the rest are new.
 CLASSIFY_SQL = """
-CREATE OR REPLACE TEMP TABLE classified AS
-WITH staged AS ($normalize
-), v AS (
-  SELECT staged.*,
-         CASE WHEN len(reasons) = 0 THEN hash(source, message_id) END AS key,
-         CASE WHEN len(reasons) = 0 THEN
-           hash(type, event, name, anonymous_id, user_id, group_id, previous_id,
-                original_timestamp, properties::VARCHAR, traits::VARCHAR, context::VARCHAR)
-         END AS fingerprint
-  FROM staged
+WITH v AS (SELECT * FROM suspects
 ), repeated AS (
-  -- Repeats inside one load are rare: only their rows are ranked, not the whole load.
-  SELECT key FROM v WHERE key IS NOT NULL GROUP BY key HAVING count(*) > 1
+  SELECT key FROM v GROUP BY key HAVING count(*) > 1
 ), ranked AS (
-  SELECT req, pos, row_number() OVER w AS rn, first_value(fingerprint) OVER w AS first_fp
+  SELECT _row, row_number() OVER w AS rn, first_value(fingerprint) OVER w AS first_fp
   FROM v WHERE key IN (SELECT key FROM repeated)
   WINDOW w AS (PARTITION BY key, source, message_id ORDER BY req, pos)
 ), earlier AS (
   SELECT key, source, message_id, any_value(fingerprint) AS stored_fp
   FROM events
-  WHERE key IN (SELECT key FROM v WHERE key IS NOT NULL) $window_filter
+  WHERE key IN (SELECT key FROM v) $window_filter
   GROUP BY ALL
 )
-SELECT v.*,
+SELECT v._row,
   CASE
-    WHEN len(v.reasons) > 0 THEN 'failed'
-    WHEN e.stored_fp IS NOT NULL AND e.stored_fp = v.fingerprint THEN 'duplicate'
-    WHEN e.stored_fp IS NOT NULL THEN 'conflict'
-    WHEN r.rn > 1 AND r.first_fp = v.fingerprint THEN 'duplicate'
-    WHEN r.rn > 1 THEN 'conflict'
-    ELSE 'new'
+    WHEN e.stored_fp IS NOT NULL AND e.stored_fp = v.fingerprint THEN 1
+    WHEN e.stored_fp IS NOT NULL THEN 2
+    WHEN r.rn > 1 AND r.first_fp = v.fingerprint THEN 1
+    WHEN r.rn > 1 THEN 2
+    ELSE 0
   END AS outcome
-FROM v LEFT JOIN earlier e USING (key, source, message_id) LEFT JOIN ranked r USING (req, pos)
+FROM v LEFT JOIN earlier e USING (key, source, message_id) LEFT JOIN ranked r USING (_row)
 """
+
+# Outcome codes of the ``outcome`` column the writer adds to the staged rows.
+OUTCOMES = ("new", "duplicate", "conflict", "failed")
 
 INSERT_EVENTS_SQL = """
 INSERT INTO events
@@ -279,21 +292,6 @@ INSERT INTO failed_events (load_id, source, origin, call, received_at, file, pos
 SELECT $load_id, c.source, c.origin, c.call, c.received_at, c.file, c.pos, c.message_id,
        ['message_id_conflict'], rtrim(i.raw, chr(13) || chr(10))
 FROM classified c JOIN raws i USING (req, pos) WHERE c.outcome = 'conflict'
-"""
-
-SUMMARY_SQL = """
-SELECT req,
-       count_if(outcome = 'new') AS accepted,
-       count_if(outcome = 'duplicate') AS duplicates,
-       count_if(outcome = 'conflict') AS conflicts
-FROM classified GROUP BY req
-"""
-
-ITEM_FAILURES_SQL = """
-SELECT req, pos, reasons FROM classified WHERE outcome = 'failed'
-UNION ALL
-SELECT req, pos, ['message_id_conflict'] FROM classified WHERE outcome = 'conflict'
-ORDER BY req, pos
 """
 
 
@@ -341,6 +339,16 @@ def contract_markdown() -> str:
 def describe(codes: list[str]) -> list[dict[str, str]]:
     """Reason codes with the message that says how to fix each."""
     return [{"code": c, "message": REASONS.get(c, c)} for c in codes]
+
+
+_SAFE_PARSE = "try(from_json(raw, '$spec_struct'))"
+
+
+def optimistic(sql: str) -> str:
+    """``sql`` parsing items without ``try()``: about a quarter cheaper, but it fails outright
+    when any item is not valid JSON; the writer then runs ``sql`` itself."""
+    assert _SAFE_PARSE in sql
+    return sql.replace(_SAFE_PARSE, "from_json(raw, '$spec_struct')")
 
 
 def substitute(sql: str, values: dict[str, Any]) -> str:

@@ -19,12 +19,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import ingest
 from ..errors import Overloaded
 from ..settings import Settings
 from .engine import Store, run
+from .keys import KeyIndex
 
 log = logging.getLogger("bowknot.writer")
 
@@ -93,17 +97,20 @@ class Writer:
         self._cond = threading.Condition()
         self._closed = False
         self._ready: queue.Queue[_Prepared | None] = queue.Queue(maxsize=2)
+        self._unfolded_bytes = 0  # imported since the last checkpoint
+        self._keys: KeyIndex | None = None  # loaded by the commit thread on first use
+        self._prepared_by_con: dict[int, _Statements] = {}
+        self.commits = 0
+        # Privacy suppression (set by the workspace): a statement that drops a load's events
+        # of suppressed identifiers, run only while there are suppressions.
+        self.suppress_sql: str | None = None
+        self._suppressing = False
         self._threads = [
             threading.Thread(target=self._run, name="bowknot-prepare", daemon=True),
             threading.Thread(target=self._run_commits, name="bowknot-writer", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
-        self.commits = 0
-        # Privacy suppression (set by the workspace): a statement that drops a load's events
-        # of suppressed identifiers, run only while there are suppressions.
-        self.suppress_sql: str | None = None
-        self._suppressing = False
 
     def refresh_suppressions(self) -> None:
         if self.suppress_sql is not None:
@@ -190,6 +197,12 @@ class Writer:
         """Stage 1: gather a group and parse and validate it; touches no table."""
         con = self._store.connection.cursor()
         run(con, "SET TimeZone='UTC'")
+        # Warm up: prepare the live-request statement now (about 30 ms), not in the first
+        # client's request.
+        try:
+            Writer._prepare(self, con, [Submission()])  # the class's, even if patched (tests)
+        except Exception:
+            log.exception("warming up the writer failed")
         try:
             while True:
                 try:
@@ -220,6 +233,10 @@ class Writer:
         """Stage 2: deduplicate against the log, append and commit, one group at a time."""
         con = self._store.connection.cursor()
         run(con, "SET TimeZone='UTC'")
+        try:
+            self._key_index(con)  # read the stored keys before the first commit needs them
+        except Exception:
+            log.exception("reading the stored keys failed")
         while (prepared := self._ready.get()) is not None:
             try:
                 outcomes = self._commit(con, prepared)
@@ -272,81 +289,176 @@ class Writer:
             "calls": "(" + ", ".join(f"'{c}'" for c in ingest.CALLS) + ")",
             "window_filter": window_filter,
             "spec_struct": ingest.SPEC_STRUCT,
-            "now": now.isoformat(sep=" "),
-            # Stage 2 reads the validated rows this stage leaves behind.
-            "normalize": "SELECT * FROM staged",
+            "now_ts": f"TIMESTAMP '{now.isoformat(sep=' ')}'",
         }
         tables: dict[str, pa.Table] = {}
         if items_in and not requests.num_rows:
             # A file import: its lines are the items as they are (no copy; small record
             # batches let DuckDB scan them on every core), and the raw text stays there.
-            tables["raws"] = pa.Table.from_batches(
+            raws = pa.Table.from_batches(
                 items_in[0].to_batches(max_chunksize=_BATCH_ROWS), items_in[0].schema)
-            con.register("items", tables["raws"])
+            con.register("items", raws)
             values["raw_column"] = ""
-            tables["staged"] = _materialize(
-                con, "CREATE OR REPLACE TEMP TABLE staged AS\n" + ingest.NORMALIZE_SQL, values)
-        else:
+            sql = ingest.KEYED_SQL.replace("$inner", ingest.NORMALIZE_SQL)
+            try:
+                staged = con.sql(ingest.substitute(ingest.optimistic(sql), values)
+                                 ).to_arrow_table(_BATCH_ROWS)
+            except duckdb.Error:  # a line that is not JSON: parse again, explaining it
+                staged = con.sql(ingest.substitute(sql, values)).to_arrow_table(_BATCH_ROWS)
+            tables["staged"] = staged
+            tables["raws"] = raws
+            con.unregister("items")
+        elif items_in:  # a replay: request bodies and pre-split items together
             con.register("requests", requests)
-            if items_in:
-                con.register("items_in", items_in[0])
-            values["file_items"] = ingest.FILE_ITEMS_SQL if items_in else ""
+            con.register("items_in", items_in[0])
+            values["file_items"] = ingest.FILE_ITEMS_SQL
             values["raw_column"] = ", raw"
-            tables["staged"] = tables["raws"] = _materialize(
-                con, ingest.PREPARE_REQUESTS_SQL, values)
-        for name in ("requests", "items_in", "items", "staged"):
-            with contextlib.suppress(Exception):
+            sql = ingest.substitute(ingest.PREPARE_REQUESTS_SQL, values)
+            tables["staged"] = tables["raws"] = con.sql(sql).to_arrow_table(_BATCH_ROWS)
+            for name in ("requests", "items_in"):
                 con.unregister(name)
+        else:
+            # Live requests: the statement is prepared once per connection and reads the
+            # requests through a holder, so a group pays for executing it, not for planning
+            # it (about 20 ms of DuckDB 2.0 bind and optimise for this statement).
+            values["file_items"] = ""
+            values["raw_column"] = ", raw"
+            values["now_ts"] = "received_at"  # every request row has it
+            stmts = self._statements(con)
+            sql = ingest.PREPARE_REQUESTS_SQL
+            try:
+                staged = stmts.query(ingest.substitute(ingest.optimistic(sql), values),
+                                     {"requests": requests})
+            except duckdb.Error:  # an event that is not JSON: parse again, explaining it
+                staged = stmts.query(ingest.substitute(sql, values), {"requests": requests})
+            tables["staged"] = tables["raws"] = staged
+            self._statements(con).clear()
         origin = group[0].requests[0].origin if group[0].requests else "import"
         file = group[0].requests[0].file if group[0].requests else None
         if items_in:
             file = items_in[0].column("file")[0].as_py() if len(items_in[0]) else None
         return _Prepared(group, spans, now, values, tables, origin, file)
 
+    def _statements(self, con: Any) -> _Statements:
+        stmts: _Statements | None = self._prepared_by_con.get(id(con))
+        if stmts is None:
+            stmts = self._prepared_by_con[id(con)] = _Statements(con)
+        return stmts
+
+    def _key_index(self, con: Any) -> KeyIndex:
+        """Every stored key, read once (8 bytes an event), then kept up to date by commits."""
+        if self._keys is None:
+            index = KeyIndex()
+            column = con.sql("SELECT key FROM events").to_arrow_table().column("key")
+            index.add(column.to_numpy())
+            self._keys = index
+        return self._keys
+
+    def _classify(self, con: Any, prep: _Prepared) -> np.ndarray[Any, Any]:
+        """Outcome codes (``ingest.OUTCOMES``) of the staged rows, vectorised.
+
+        Only suspects, valid rows whose key the index holds or that repeat within the load,
+        are compared with the stored events in SQL; every other valid row is new.
+        """
+        staged = prep.tables["staged"]
+        valid = pc.equal(pc.list_value_length(staged.column("reasons")), 0)
+        valid_np = valid.to_numpy(zero_copy_only=False)
+        outcome = np.where(valid_np, 0, 3).astype(np.int8)
+        if not valid_np.any():
+            return outcome
+        keys = staged.column("key").fill_null(0).to_numpy()
+        # Sorted, the keys are searched in the index's runs in memory order (about 3x faster
+        # than in row order for an import chunk), and repeats sit side by side.
+        ordered = np.sort(keys[valid_np])
+        seen = ordered[self._key_index(con).contains(ordered)]
+        repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+        suspect = np.zeros(len(keys), dtype=bool)
+        if len(seen) or len(repeated):
+            suspect = valid_np & np.isin(keys, np.concatenate((seen, repeated)))
+        if suspect.any():
+            rows = np.flatnonzero(suspect)
+            con.register("suspects", staged.take(rows).append_column("_row", pa.array(rows)))
+            found = con.sql(ingest.substitute(ingest.CLASSIFY_SQL, prep.values)).fetchnumpy()
+            con.unregister("suspects")
+            outcome[found["_row"]] = found["outcome"]
+        return outcome
+
     def _commit(self, con: Any, prep: _Prepared) -> list[list[ingest.Outcome]]:
-        values = prep.values
-        for name, table in prep.tables.items():
-            con.register(name, table)
+        staged = prep.tables["staged"]
         run(con, "BEGIN TRANSACTION")
+        outcome = self._classify(con, prep)
+        classified = staged.append_column(
+            "outcome", pa.DictionaryArray.from_arrays(pa.array(outcome), _OUTCOMES))
         load_id = run(con, "SELECT nextval('load_seq')")[0][0]
-        values["load_id"] = load_id
-        for sql in (ingest.CLASSIFY_SQL, ingest.INSERT_EVENTS_SQL):
-            _materialize(con, sql, values)
-        summary = {row[0]: row[1:] for row in run(con, ingest.SUMMARY_SQL)}
+        stmts = self._statements(con)
+        # A small live group runs the prepared statement; a large one (an import chunk) is
+        # planned for its size, which lets DuckDB scan the Arrow rows on every core.
+        stmts.execute(ingest.INSERT_EVENTS_SQL, {"classified": classified},
+                      prepared=classified.num_rows < _PREPARED_MAX_ROWS, load_id=load_id)
         if self._suppressing and self.suppress_sql is not None:
             dropped = len(run(con, self.suppress_sql, [load_id]))
             if dropped:
                 run(con, "INSERT INTO suppressed_counts VALUES (?, ?)", [load_id, dropped])
-        failures: dict[int, list[tuple[Any, list[str]]]] = {}
-        kinds: set[str] = set()
-        for r, pos, reasons in run(con, ingest.ITEM_FAILURES_SQL):
-            failures.setdefault(r, []).append((pos, reasons))
-            kinds.add("request" if pos is None else
-                      "conflict" if reasons == ["message_id_conflict"] else "item")
-        # Rejections are rare: the statements that keep them run only when there are some.
-        if kinds & {"request", "item"}:
-            run(con, ingest.substitute(ingest.FAIL_ITEMS_SQL, values))
-        if "conflict" in kinds:
-            run(con, ingest.substitute(ingest.FAIL_CONFLICTS_SQL, values))
-        totals = [sum(v[i] for v in summary.values()) for i in range(3)]
-        n_failed = sum(len(v) for v in failures.values()) - totals[2]
+        counts = np.bincount(outcome, minlength=4)
+        failed_rows = np.flatnonzero(outcome >= 2)
+        if len(failed_rows):
+            # Rejections are rare: the statements that keep them run only when there are some.
+            values = {**prep.values, "load_id": load_id}
+            con.register("raws", prep.tables["raws"])
+            if counts[3]:
+                run(con, ingest.substitute(ingest.FAIL_ITEMS_SQL, values))
+            if counts[2]:
+                run(con, ingest.substitute(ingest.FAIL_CONFLICTS_SQL, values))
+            con.unregister("raws")
         run(
             con,
             "INSERT INTO loads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [load_id, prep.origin, prep.now, totals[0], totals[1], totals[2], n_failed,
-             prep.file],
+            [load_id, prep.origin, prep.now, int(counts[0]), int(counts[1]), int(counts[2]),
+             int(counts[3]), prep.file],
         )
         run(con, "COMMIT")
-        for name in (*prep.tables, "classified"):
-            with contextlib.suppress(Exception):
-                con.unregister(name)
+        stmts.clear()
+        keys = staged.column("key").fill_null(0).to_numpy()
+        self._key_index(con).add(keys[outcome == 0])
+        if prep.origin == "import":
+            # A large insert goes straight to the file and leaves little in the write-ahead
+            # log, so no automatic checkpoint comes; without one, closing after 20 M events
+            # checkpointed them all at once (15 s, +3 GB of memory, measured). One after
+            # every chunk cost more than that in all (0.3-0.5 s each); one a gigabyte
+            # bounds the memory at a few chunks' worth.
+            self._unfolded_bytes += sum(sub.size for sub in prep.group)
+            if self._unfolded_bytes >= _CHECKPOINT_BYTES:
+                with contextlib.suppress(duckdb.Error):  # a reader's transaction: next time
+                    run(con, "CHECKPOINT")
+                    self._unfolded_bytes = 0
         self.commits += 1
+        return self._outcomes(prep, classified, outcome, failed_rows, load_id)
+
+    @staticmethod
+    def _outcomes(prep: _Prepared, classified: pa.Table, outcome: np.ndarray[Any, Any],
+                  failed_rows: np.ndarray[Any, Any], load_id: int
+                  ) -> list[list[ingest.Outcome]]:
+        n_req = prep.spans[-1][1] if prep.spans else 0
+        req = classified.column("req").to_numpy()
+        per_req = [np.bincount(req, weights=outcome == code, minlength=n_req).astype(int)
+                   for code in range(3)]
+        failures: dict[int, list[tuple[Any, list[str]]]] = {}
+        if len(failed_rows):
+            rows = classified.take(failed_rows).select(["req", "pos", "reasons", "outcome"])
+            pos_sort = pc.fill_null(rows.column("pos"), -1).to_numpy()
+            order = np.lexsort((pos_sort, rows.column("req").to_numpy()))
+            rows = rows.take(order)
+            for r, pos, reasons, out in zip(*(rows.column(c).to_pylist() for c in
+                                              ("req", "pos", "reasons", "outcome")),
+                                            strict=True):
+                failures.setdefault(r, []).append(
+                    (pos, ["message_id_conflict"] if out == "conflict" else reasons))
         result: list[list[ingest.Outcome]] = []
         for start, end in prep.spans:
             outs = []
             for i in range(start, end):
-                acc, dup, conf = summary.get(i, (0, 0, 0))
-                out = ingest.Outcome(acc, dup, conf, load_id=load_id)
+                out = ingest.Outcome(int(per_req[0][i]), int(per_req[1][i]),
+                                     int(per_req[2][i]), load_id=load_id)
                 for pos, reasons in failures.get(i, []):
                     if pos is None:
                         out.request_reason = reasons[0]
@@ -370,22 +482,89 @@ class _Prepared:
     origin: str
     file: str | None
 
-_TEMP = "CREATE OR REPLACE TEMP TABLE "
+
+_CHECKPOINT_BYTES = 1 << 30
 _BATCH_ROWS = 16_384  # an Arrow record batch is DuckDB's unit of parallel scanning
+_OUTCOMES = pa.array(ingest.OUTCOMES)
+# A statement over a holder reads its rows as one stream, on one core; above this many rows
+# planning (about 20 ms) is cheap next to the scan, and a registered table scans in parallel.
+_PREPARED_MAX_ROWS = 50_000
 
 
-def _materialize(con: Any, sql: str, values: dict[str, Any]) -> pa.Table | None:
-    """Run a pipeline step; a ``CREATE TEMP TABLE name AS`` step is kept as Arrow instead.
+class _Holder:
+    """Rows under a registered name that can be swapped without registering again.
 
-    Writing a temp table costs DuckDB 2.0 about 40x the query itself (compression of new
-    row groups: 478 ms vs 11 ms for 800 events, measured); an intermediate that lives for one
-    transaction is cheaper as an Arrow table registered under the same name.
+    A statement prepared over the name reads whatever rows the holder has when it runs, so
+    it is planned once per connection instead of once per group.
     """
-    text = ingest.substitute(sql, values).lstrip()
-    if not text.startswith(_TEMP):
-        run(con, text)
-        return None
-    name, _, select = text[len(_TEMP):].partition(" AS\n")
-    table = con.sql(select).to_arrow_table(_BATCH_ROWS)
-    con.register(name.strip(), table)
-    return table
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.table: pa.Table = schema.empty_table()
+
+    def __arrow_c_schema__(self) -> Any:
+        return self.schema.__arrow_c_schema__()
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        return self.table.__arrow_c_stream__(requested_schema)
+
+
+class _Statements:
+    """Statements prepared once on one connection, over holders (DuckDB ``PREPARE``)."""
+
+    def __init__(self, con: Any) -> None:
+        self._con = con
+        self._holders: dict[str, _Holder] = {}
+        self._names: dict[str, tuple[str, frozenset[str]]] = {}  # sql -> name, tables read
+        self._count = 0
+
+    def _bind(self, sql: str, tables: dict[str, pa.Table]) -> str:
+        for name, table in tables.items():
+            holder = self._holders.get(name)
+            if holder is None or not holder.schema.equals(table.schema):
+                self._forget(name)  # a new shape: statements over the old holder go
+                holder = self._holders[name] = _Holder(table.schema)
+                self._con.register(name, holder)
+            holder.table = table
+        entry = self._names.get(sql)
+        if entry is None:
+            self._count += 1
+            stmt = f"bk_stmt_{self._count}"
+            run(self._con, f"PREPARE {stmt} AS {sql}")
+            entry = self._names[sql] = (stmt, frozenset(tables))
+        return entry[0]
+
+    @staticmethod
+    def _args(params: dict[str, int]) -> str:
+        return "(" + ", ".join(f"{k} := {int(v)}" for k, v in params.items()) + ")" \
+            if params else ""
+
+    def query(self, sql: str, tables: dict[str, pa.Table], **params: int) -> pa.Table:
+        stmt = self._bind(sql, tables)
+        table: pa.Table = self._con.sql(f"EXECUTE {stmt}{self._args(params)}").to_arrow_table(
+            _BATCH_ROWS)
+        return table
+
+    def execute(self, sql: str, tables: dict[str, pa.Table], *, prepared: bool = True,
+                **params: int) -> None:
+        if prepared:
+            stmt = self._bind(sql, tables)
+            run(self._con, f"EXECUTE {stmt}{self._args(params)}")
+            return
+        for name, table in tables.items():
+            self._forget(name)
+            self._con.register(name, table)
+        run(self._con, ingest.substitute(sql, {k: int(v) for k, v in params.items()}))
+
+    def _forget(self, name: str) -> None:
+        """Drop the holder under ``name`` and the statements prepared over it."""
+        for text, (stmt, names) in list(self._names.items()):
+            if name in names:
+                run(self._con, f"DEALLOCATE {stmt}")
+                del self._names[text]
+        self._holders.pop(name, None)
+
+    def clear(self) -> None:
+        """Let go of the rows (the prepared statements stay)."""
+        for holder in self._holders.values():
+            holder.table = holder.schema.empty_table()
