@@ -1,0 +1,63 @@
+"""Journey analytics across the bow tie (issue 5): funnels, cohorts, retention and paths,
+written once in Ibis and run on the embedded DuckDB store or on Spark.
+
+>>> ws.journeys.funnel(["Campaign Clicked", "Booking Completed"], within="3d").to_pandas()
+>>> ws.journeys.on("spark").funnel(...)          # the same answer from Spark
+
+See docs/journeys.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BowknotError
+from .engine import ENGINES, DuckDBEngine, Engine, SparkEngine, engine, spark_session
+from .funnels import Exclusion, Funnel, FunnelResult, StepSpec
+from .results import Result
+from .steps import Step
+
+if TYPE_CHECKING:
+    from ..workspace import Workspace
+
+
+class Journeys:
+    """The analyses of one workspace on one engine (``ws.journeys`` runs on DuckDB)."""
+
+    def __init__(self, ws: Workspace, on: str | Engine = "duckdb", **options: Any) -> None:
+        self.ws = ws
+        self.engine = on if isinstance(on, Engine) else engine(ws, on, **options)
+
+    def on(self, name: str | Engine, **options: Any) -> Journeys:
+        """The same analyses on another engine: ``ws.journeys.on("spark")``."""
+        return Journeys(self.ws, name, **options)
+
+    def _ready(self) -> None:
+        rows = self.ws.store.query(
+            "SELECT EXISTS (SELECT 1 FROM events) AND NOT EXISTS (SELECT 1 FROM persons) "
+            "AS unbuilt")
+        if rows[0]["unbuilt"]:
+            raise BowknotError(
+                "Journeys are analysed per person, and no persons have been built yet: run "
+                "`bowknot build` (or ws.build()) first.", code="not_built")
+
+    def funnel(self, steps: Sequence[StepSpec], *, within: str | int | timedelta = "30d",
+               order: str = "ordered", entry: str = "first",
+               exclusions: Sequence[StepSpec | Exclusion | Mapping[str, Any]] = (),
+               breakdown: str | None = None) -> FunnelResult:
+        """Persons through ``steps`` (see :class:`~bowknot.journeys.funnels.Funnel`)."""
+        question = Funnel(steps, within=within, order=order, entry=entry,
+                          exclusions=exclusions, breakdown=breakdown)
+        self._ready()
+        return question.run(self.engine)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+__all__ = [
+    "ENGINES", "DuckDBEngine", "Engine", "Exclusion", "Funnel", "FunnelResult", "Journeys",
+    "Result", "SparkEngine", "Step", "engine", "spark_session",
+]

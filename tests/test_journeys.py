@@ -1,0 +1,152 @@
+"""Journey analytics: one suite, run on every engine (DuckDB and Spark in local mode).
+
+Hand-made event sets with exact answers; the demo's planted truths are in
+test_journeys_demo.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import bowknot
+from bowknot.errors import BowknotError, ValidationError
+from bowknot.journeys import Journeys, SparkEngine
+
+Analyse = Callable[[bowknot.Workspace], Journeys]
+
+
+@pytest.fixture(params=["duckdb", "spark"])
+def analyse(request: pytest.FixtureRequest) -> Iterator[Analyse]:
+    """``analyse(ws)``: the workspace's journeys on the engine under test (call it after
+    ``ws.build()``: the Spark engine reads a snapshot)."""
+    opened: list[Journeys] = []
+
+    def make(ws: bowknot.Workspace) -> Journeys:
+        if request.param == "duckdb":
+            return ws.journeys
+        j = Journeys(ws, SparkEngine(ws, session=request.getfixturevalue("spark_session")))
+        opened.append(j)
+        return j
+
+    yield make
+    for j in opened:
+        j.close()
+
+
+def at(hours: float) -> str:
+    """2026-01-01 plus ``hours``, as the API's ISO text."""
+    minutes = round(hours * 60)
+    return f"2026-01-{1 + minutes // 1440:02d}T{minutes // 60 % 24:02d}:{minutes % 60:02d}:00Z"
+
+
+def seed(ws: bowknot.Workspace, rows: list[tuple[str, str, float, dict[str, Any]]]) -> None:
+    """Track events (user, event, hours after 2026-01-01, properties), then build."""
+    ws.ingest({"type": "track", "userId": u, "event": e, "timestamp": at(h), "properties": p,
+               "messageId": f"m{i}"} for i, (u, e, h, p) in enumerate(rows))
+    ws.build()
+
+
+def counts(result: Any, breakdown: str | None = None) -> list[int]:
+    return [r["persons"] for r in result.rows() if r.get("breakdown") == breakdown]
+
+
+# u1: A B . C (C too late for a 2 h window); u2: A C B (out of order); u3: A only;
+# u4: B A B C (B before the entry does not count); u5: A X B C (X between A and B).
+FUNNEL = [
+    ("u1", "A", 0, {"c": "x"}), ("u1", "B", 1, {}), ("u1", "C", 3, {}),
+    ("u2", "A", 0, {"c": "y"}), ("u2", "C", 0.5, {}), ("u2", "B", 1, {}),
+    ("u3", "A", 0, {"c": "x"}),
+    ("u4", "B", 0, {}), ("u4", "A", 0.5, {"c": "x"}), ("u4", "B", 1, {}), ("u4", "C", 2, {}),
+    ("u5", "A", 0, {"c": "y"}), ("u5", "X", 0.25, {}), ("u5", "B", 0.5, {}),
+    ("u5", "C", 1.5, {}),
+]
+
+
+def test_funnel_ordered_with_window_and_medians(ws: bowknot.Workspace,
+                                                analyse: Analyse) -> None:
+    seed(ws, FUNNEL)
+    r = analyse(ws).funnel(["A", "B", "C"], within="2h")
+    assert counts(r) == [5, 4, 2]  # u1's C is 3 h after A; u2's C is before its B
+    rows = r.rows()
+    assert rows[1]["conversion"] == pytest.approx(0.8)
+    assert rows[2]["step_conversion"] == pytest.approx(0.5)
+    # A -> B: u1 1 h, u2 1 h, u4 0.5 h, u5 0.5 h; B -> C: u4 1 h, u5 1 h
+    assert rows[1]["median_seconds_from_previous"] == 2700
+    assert rows[2]["median_seconds_from_previous"] == 3600
+    assert r.conversion() == pytest.approx(0.4)
+    assert r.to_pandas()["persons"].tolist() == [5, 4, 2]
+    assert r.to_arrow().column("step").to_pylist() == [1, 2, 3]
+    assert '"kind": "funnel"' in r.to_json()
+    reached = r.persons(3)
+    assert reached.num_rows == 2 and reached.column_names == [
+        "person_id", "entered_at", "reached_at"]
+    assert r.persons(2, dropped=True).num_rows == 2
+
+
+def test_funnel_strict_any_order_and_any_entry(ws: bowknot.Workspace,
+                                               analyse: Analyse) -> None:
+    seed(ws, FUNNEL + [("u3", "A", 5, {}), ("u3", "B", 5.5, {}), ("u3", "C", 6, {})])
+    j = analyse(ws)
+    # strict: the next event after A must be B (u5 has X between; u2 has C)
+    assert counts(j.funnel(["A", "B", "C"], within="2h", order="strict")) == [5, 2, 1]
+    # any order: u2 did all three within 2 h; u1 two; u3's first entry (0 h) is alone
+    assert counts(j.funnel(["A", "B", "C"], within="2h", order="any")) == [5, 4, 3]
+    # any entry: u3's second A (5 h) goes all the way
+    assert counts(j.funnel(["A", "B", "C"], within="2h", entry="any")) == [5, 5, 3]
+    assert counts(j.funnel(["A", "B", "C"], within="2h")) == [5, 4, 2]
+
+
+def test_funnel_filters_exclusions_and_breakdowns(ws: bowknot.Workspace,
+                                                  analyse: Analyse) -> None:
+    seed(ws, FUNNEL)
+    ws.identify("u1", traits={"plan": "gold"}, timestamp=at(0))
+    ws.identify("u2", traits={"plan": "gold"}, timestamp=at(0))
+    ws.build()
+    j = analyse(ws)
+    assert counts(j.funnel(["A[c=x]", "B"], within="2h")) == [3, 2]
+    assert counts(j.funnel([{"event": "A", "where": {"c": ["x", "y"]}}, "B"],
+                           within="2h")) == [5, 4]
+    # X between A and C drops u5's attempt
+    assert counts(j.funnel(["A", "B", "C"], within="2h", exclusions=["X"])) == [4, 3, 1]
+    assert counts(j.funnel(["A", "B", "C"], within="2h",
+                           exclusions=[{"event": "X", "between": [2, 3]}])) == [5, 4, 2]
+    by_c = j.funnel(["A", "B"], within="2h", breakdown="property:c")
+    assert counts(by_c, "x") == [3, 2] and counts(by_c, "y") == [2, 2]
+    by_plan = j.funnel(["A", "B"], within="2h", breakdown="trait:plan")
+    assert counts(by_plan, "gold") == [2, 2] and counts(by_plan, None) == [3, 2]
+
+
+def test_funnel_by_campaign_of_the_entry(ws: bowknot.Workspace, analyse: Analyse) -> None:
+    seed(ws, [("u1", "Campaign Clicked", 0, {"campaign_id": "spring"}),
+              ("u1", "Booking Completed", 10, {}),
+              ("u2", "Campaign Clicked", 0, {"campaign_id": "fall"})])
+    ws.page("Home", anonymous_id="a3", timestamp=at(0),
+            context={"campaign": {"source": "email", "name": "spring"}})
+    ws.build()
+    r = analyse(ws).funnel(["Campaign Clicked", "Booking Completed"], within="1d",
+                           breakdown="campaign")
+    assert counts(r, "spring") == [1, 1] and counts(r, "fall") == [1, 0]
+    r = analyse(ws).funnel(["page:Home", "Booking Completed"], breakdown="campaign")
+    assert counts(r, "spring") == [1, 0]
+
+
+def test_funnel_input_errors_say_how_to_fix(ws: bowknot.Workspace) -> None:
+    j = ws.journeys
+    with pytest.raises(ValidationError, match="at least 2"):
+        j.funnel(["A"])
+    with pytest.raises(ValidationError, match="'48h'"):
+        j.funnel(["A", "B"], within="two days")
+    with pytest.raises(ValidationError, match="KEY=VALUE"):
+        j.funnel(["A[c]", "B"])
+    with pytest.raises(ValidationError, match="order="):
+        j.funnel(["A", "B"], order="sideways")
+    with pytest.raises(ValidationError, match="breakdown"):
+        j.funnel(["A", "B"], breakdown="colour")
+    with pytest.raises(ValidationError, match="between"):
+        j.funnel(["A", "B"], exclusions=[{"event": "X", "between": [2, 1]}])
+    ws.track("A", user_id="u1")
+    with pytest.raises(BowknotError, match="bowknot build"):
+        j.funnel(["A", "B"])
