@@ -150,3 +150,43 @@ def test_funnel_input_errors_say_how_to_fix(ws: bowknot.Workspace) -> None:
     ws.track("A", user_id="u1")
     with pytest.raises(BowknotError, match="bowknot build"):
         j.funnel(["A", "B"])
+
+
+def test_cohort_did_a_but_not_b_within_t_saved_by_name(ws: bowknot.Workspace,
+                                                      analyse: Analyse) -> None:
+    seed(ws, [
+        ("u1", "Clicked", 0, {}), ("u1", "Booked", 24, {}),        # booked within 3 days
+        ("u2", "Clicked", 0, {}), ("u2", "Booked", 100, {}),       # too late: in the cohort
+        ("u3", "Clicked", 10, {}),                                  # never booked
+        ("u4", "Booked", 0, {}), ("u4", "Clicked", 5, {}),         # booked before only
+        ("u5", "Booked", 1, {}),                                    # never clicked
+        ("u6", "Clicked", 0, {}), ("u6", "Clicked", 80, {}), ("u6", "Booked", 90, {}),
+    ])
+    ws.identify("u3", traits={"city": "Lisbon"}, timestamp=at(0))
+    ws.build()
+    r = analyse(ws).cohort("Clicked", "Booked", within="3d", traits=["city"],
+                           save_as="clicked-not-booked")
+    by_user = {row["person_id"]: row for row in r.rows()}
+    users = {p["person_id"]: p["user_id"] for p in ws.sql(
+        "SELECT person_id, root_value AS user_id FROM persons")}
+    assert sorted(users[p] for p in by_user) == ["u2", "u3", "u4", "u6"]
+    assert r.persons == 4 and r.extra["entered"] == 5 and r.converted_share == pytest.approx(0.2)
+    lisbon = [row for row in r.rows() if users[row["person_id"]] == "u3"][0]
+    assert lisbon["city"] == "Lisbon" and lisbon["entered_at"].startswith("2026-01-01T10:00")
+    assert r.to_pandas().shape == (4, 3)
+
+    saved = ws.journeys.cohorts.get("clicked-not-booked")
+    assert saved["persons"] == 4 and saved["definition"]["did"] == "Clicked"
+    assert sorted(ws.journeys.cohorts.members("clicked-not-booked").column(
+        "person_id").to_pylist()) == sorted(by_user)
+    ws.journeys.cohorts.delete("clicked-not-booked")
+    assert ws.journeys.cohorts.list() == []
+
+
+def test_cohort_errors_say_how_to_fix(ws: bowknot.Workspace) -> None:
+    with pytest.raises(ValidationError, match="'3d'"):
+        ws.journeys.cohort("A", "B", within="soon")
+    with pytest.raises(ValidationError, match="lower-case"):
+        ws.journeys.cohort("A", "B", within="3d", save_as="Bad Name!")
+    with pytest.raises(bowknot.NotFound, match="bowknot cohort list"):
+        ws.journeys.cohorts.members("missing")

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BowknotError
+from .cohorts import Cohort, CohortResult, Cohorts
 from .engine import ENGINES, DuckDBEngine, Engine, SparkEngine, engine, spark_session
 from .funnels import Exclusion, Funnel, FunnelResult, StepSpec
 from .results import Result
@@ -29,6 +30,7 @@ class Journeys:
     def __init__(self, ws: Workspace, on: str | Engine = "duckdb", **options: Any) -> None:
         self.ws = ws
         self.engine = on if isinstance(on, Engine) else engine(ws, on, **options)
+        self.cohorts = Cohorts(ws)
 
     def on(self, name: str | Engine, **options: Any) -> Journeys:
         """The same analyses on another engine: ``ws.journeys.on("spark")``."""
@@ -53,11 +55,25 @@ class Journeys:
         self._ready()
         return question.run(self.engine)
 
+    def cohort(self, did: StepSpec, did_not: StepSpec, *, within: str | int | timedelta,
+               traits: Sequence[str] = (), save_as: str | None = None) -> CohortResult:
+        """Persons who did ``did`` and then not ``did_not`` within ``within`` of their first
+        ``did`` (with the ``traits`` asked for); ``save_as`` saves it by name."""
+        question = Cohort(did, did_not, within, traits)
+        if save_as is not None:
+            self.cohorts._check(save_as)
+        self._ready()
+        result = question.run(self.engine)
+        if save_as is not None:
+            self.cohorts.save(save_as, result)
+        return result
+
     def close(self) -> None:
         self.engine.close()
 
 
 __all__ = [
-    "ENGINES", "DuckDBEngine", "Engine", "Exclusion", "Funnel", "FunnelResult", "Journeys",
-    "Result", "SparkEngine", "Step", "engine", "spark_session",
+    "ENGINES", "Cohort", "CohortResult", "Cohorts", "DuckDBEngine", "Engine", "Exclusion",
+    "Funnel", "FunnelResult", "Journeys", "Result", "SparkEngine", "Step", "engine",
+    "spark_session",
 ]
