@@ -6,12 +6,16 @@ test_journeys_demo.py.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 import bowknot
+from bowknot.cli import main
 from bowknot.errors import BowknotError, ValidationError
 from bowknot.journeys import Journeys, SparkEngine
 
@@ -190,3 +194,28 @@ def test_cohort_errors_say_how_to_fix(ws: bowknot.Workspace) -> None:
         ws.journeys.cohort("A", "B", within="3d", save_as="Bad Name!")
     with pytest.raises(bowknot.NotFound, match="bowknot cohort list"):
         ws.journeys.cohorts.members("missing")
+
+
+def test_cli_funnel_and_cohort(tmp_path: Path) -> None:
+    db = tmp_path / "cli.duckdb"
+    with bowknot.connect(db) as ws:
+        seed(ws, FUNNEL)
+    args = ["--db", str(db)]
+    out = cli("funnel", "A", "B", "C", "--within", "2h", *args)
+    assert "funnel within 2h" in out and "0.4" in out
+    data = json.loads(cli("funnel", "A", "B", "C", "--within", "2h", "--json", *args))
+    assert [r["persons"] for r in data["rows"]] == [5, 4, 2]
+    lines = cli("funnel", "A", "B", "--within", "2h", "--csv", *args).splitlines()
+    assert lines[0].startswith("step,event,persons") and lines[2].startswith("2,B,4,")
+    out = cli("cohort", "find", "A", "C", "--within", "2h", "--save", "a-no-c", *args)
+    assert "2 of 5 persons" in out and "saved as 'a-no-c'" in out
+    assert "a-no-c" in cli("cohort", "list", *args)
+    assert len(json.loads(cli("cohort", "show", "a-no-c", "--json", *args))["members"]) == 2
+    bad = CliRunner().invoke(main, ["funnel", "A", "B", "--within", "soon", *args])
+    assert bad.exit_code == 1 and "'48h'" in bad.output
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
