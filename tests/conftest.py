@@ -98,3 +98,13 @@ def server(tmp_path: Path) -> Iterator[tuple[Server, str, str]]:
     srv = Server(db).start()
     yield srv, key, token
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_session() -> Iterator[object]:
+    """One local Spark for the whole test session (started only when a test asks)."""
+    from bowknot.journeys import spark_session
+
+    session = spark_session("local[2]", shuffle_partitions=2)
+    yield session
+    session.stop()

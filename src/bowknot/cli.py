@@ -573,3 +573,7 @@ def demo_serve(db: Path, scale: int, host: str, port: int) -> None:
         sys.stdout.flush()
         uvicorn.run(create_app(ws, background_build=True), host=host, port=port,
                     log_level="warning", access_log=False)
+
+
+# The journey commands (funnel, cohort) live in their own module; importing it registers them.
+from . import cli_journeys  # noqa: E402, F401

@@ -47,6 +47,7 @@ class Workspace:
         self.persons = Persons(self)
         self.privacy = privacy.Privacy(self)
         self.surveys = surveys.Surveys(self)
+        self._journeys: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -56,6 +57,16 @@ class Workspace:
             self._writer.suppress_sql = privacy.SUPPRESS_SQL
             self._writer.refresh_suppressions()
         return self._writer
+
+    @property
+    def journeys(self) -> Any:
+        """Journey analytics on this workspace (funnels, cohorts, retention, paths), on
+        DuckDB; ``ws.journeys.on("spark")`` runs the same on Spark. See docs/journeys.md."""
+        if self._journeys is None:
+            from .journeys import Journeys
+
+            self._journeys = Journeys(self)
+        return self._journeys
 
     def close(self) -> None:
         self.builder.stop()

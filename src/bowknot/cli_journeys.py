@@ -1,0 +1,142 @@
+"""The journey commands of ``bowknot`` (funnel, cohort): thin shells over ``ws.journeys``.
+
+Kept apart from cli.py so that module stays small; the analyses (and Ibis) load only when a
+journey command runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli import _json, _table, db_option, main, workspace
+
+engine_option = click.option(
+    "--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
+    help="Where to run: the embedded store, or Spark (local mode; needs pyspark and Java).")
+format_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+format_csv = click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+
+
+def _emit(result: Any, as_json: bool, as_csv: bool, title: str) -> None:
+    if as_json and as_csv:
+        raise click.UsageError("Choose one of --json and --csv.")
+    if as_json:
+        _json(result.to_dict())
+    elif as_csv:
+        rows = result.rows()
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.table.column_names)
+        for row in rows:
+            writer.writerow(["" if v is None else v for v in row.values()])
+    else:
+        _table(result.rows(), title=title)
+
+
+@main.command()
+@click.argument("steps", nargs=-1, required=True)
+@click.option("--within", default="30d", show_default=True,
+              help="Conversion window from the first step: 90s, 30m, 48h, 3d, 2w.")
+@click.option("--order", type=click.Choice(["ordered", "strict", "any"]), default="ordered",
+              show_default=True)
+@click.option("--entry", type=click.Choice(["first", "any"]), default="first",
+              show_default=True, help="first: each person's first entry; any: every entry, "
+              "the furthest step counts.")
+@click.option("--exclude", "exclusions", multiple=True,
+              help="Drop attempts with this event between the first and last step.")
+@click.option("--breakdown", default=None,
+              help="campaign, property:NAME (of the entry event) or trait:NAME.")
+@engine_option
+@db_option
+@format_json
+@format_csv
+def funnel(steps: tuple[str, ...], within: str, order: str, entry: str,
+           exclusions: tuple[str, ...], breakdown: str | None, engine: str, db: Path,
+           as_json: bool, as_csv: bool) -> None:
+    """Persons through STEPS within a window, e.g.
+
+    bowknot funnel "Campaign Clicked[campaign_id=summer-weekend]" "Booking Completed" --within 3d
+    """
+    with workspace(db) as ws:
+        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
+        try:
+            result = journeys.funnel(list(steps), within=within, order=order, entry=entry,
+                                     exclusions=list(exclusions), breakdown=breakdown)
+        finally:
+            if journeys is not ws.journeys:
+                journeys.close()
+    _emit(result, as_json, as_csv, f"funnel within {within}")
+
+
+@main.group()
+def cohort() -> None:
+    """Cohorts: "did A but not B within T", saved by name."""
+
+
+@cohort.command("find")
+@click.argument("did")
+@click.argument("did_not")
+@click.option("--within", required=True, help="How long after A a B counts: 48h, 3d, ...")
+@click.option("--trait", "traits", multiple=True, help="Add a person trait as a column.")
+@click.option("--save", "save_as", default=None, help="Save the cohort under this name.")
+@engine_option
+@db_option
+@format_json
+@format_csv
+def cohort_find(did: str, did_not: str, within: str, traits: tuple[str, ...],
+                save_as: str | None, engine: str, db: Path, as_json: bool,
+                as_csv: bool) -> None:
+    """Persons who did DID and then not DID_NOT within --within, e.g.
+
+    bowknot cohort find "Campaign Clicked" "Booking Completed" --within 3d --save clicked-no-booking
+    """
+    with workspace(db) as ws:
+        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
+        try:
+            result = journeys.cohort(did, did_not, within=within, traits=list(traits),
+                                     save_as=save_as)
+        finally:
+            if journeys is not ws.journeys:
+                journeys.close()
+    if not (as_json or as_csv):
+        extra = result.extra
+        click.echo(f"{extra['persons']:,} of {extra['entered']:,} persons who did {did!r} "
+                   f"did not do {did_not!r} within {within}"
+                   + (f"; saved as {save_as!r}" if save_as else ""))
+    _emit(result, as_json, as_csv, "cohort")
+
+
+@cohort.command("list")
+@db_option
+@format_json
+def cohort_list(db: Path, as_json: bool) -> None:
+    """Saved cohorts."""
+    with workspace(db) as ws:
+        rows = ws.journeys.cohorts.list()
+    _json(rows) if as_json else _table(rows)
+
+
+@cohort.command("show")
+@click.argument("name")
+@db_option
+@format_json
+def cohort_show(name: str, db: Path, as_json: bool) -> None:
+    """A saved cohort's members."""
+    with workspace(db) as ws:
+        about = ws.journeys.cohorts.get(name)
+        members = ws.journeys.cohorts.members(name).to_pylist()
+    _json({**about, "members": members}) if as_json else _table(members, title=name)
+
+
+@cohort.command("delete")
+@click.argument("name")
+@db_option
+def cohort_delete(name: str, db: Path) -> None:
+    """Delete a saved cohort."""
+    with workspace(db) as ws:
+        ws.journeys.cohorts.delete(name)
+    click.echo(f"deleted cohort {name!r}")

@@ -1,0 +1,79 @@
+"""Journey analytics across the bow tie (issue 5): funnels, cohorts, retention and paths,
+written once in Ibis and run on the embedded DuckDB store or on Spark.
+
+>>> ws.journeys.funnel(["Campaign Clicked", "Booking Completed"], within="3d").to_pandas()
+>>> ws.journeys.on("spark").funnel(...)          # the same answer from Spark
+
+See docs/journeys.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BowknotError
+from .cohorts import Cohort, CohortResult, Cohorts
+from .engine import ENGINES, DuckDBEngine, Engine, SparkEngine, engine, spark_session
+from .funnels import Exclusion, Funnel, FunnelResult, StepSpec
+from .results import Result
+from .steps import Step
+
+if TYPE_CHECKING:
+    from ..workspace import Workspace
+
+
+class Journeys:
+    """The analyses of one workspace on one engine (``ws.journeys`` runs on DuckDB)."""
+
+    def __init__(self, ws: Workspace, on: str | Engine = "duckdb", **options: Any) -> None:
+        self.ws = ws
+        self.engine = on if isinstance(on, Engine) else engine(ws, on, **options)
+        self.cohorts = Cohorts(ws)
+
+    def on(self, name: str | Engine, **options: Any) -> Journeys:
+        """The same analyses on another engine: ``ws.journeys.on("spark")``."""
+        return Journeys(self.ws, name, **options)
+
+    def _ready(self) -> None:
+        rows = self.ws.store.query(
+            "SELECT EXISTS (SELECT 1 FROM events) AND NOT EXISTS (SELECT 1 FROM persons) "
+            "AS unbuilt")
+        if rows[0]["unbuilt"]:
+            raise BowknotError(
+                "Journeys are analysed per person, and no persons have been built yet: run "
+                "`bowknot build` (or ws.build()) first.", code="not_built")
+
+    def funnel(self, steps: Sequence[StepSpec], *, within: str | int | timedelta = "30d",
+               order: str = "ordered", entry: str = "first",
+               exclusions: Sequence[StepSpec | Exclusion | Mapping[str, Any]] = (),
+               breakdown: str | None = None) -> FunnelResult:
+        """Persons through ``steps`` (see :class:`~bowknot.journeys.funnels.Funnel`)."""
+        question = Funnel(steps, within=within, order=order, entry=entry,
+                          exclusions=exclusions, breakdown=breakdown)
+        self._ready()
+        return question.run(self.engine)
+
+    def cohort(self, did: StepSpec, did_not: StepSpec, *, within: str | int | timedelta,
+               traits: Sequence[str] = (), save_as: str | None = None) -> CohortResult:
+        """Persons who did ``did`` and then not ``did_not`` within ``within`` of their first
+        ``did`` (with the ``traits`` asked for); ``save_as`` saves it by name."""
+        question = Cohort(did, did_not, within, traits)
+        if save_as is not None:
+            self.cohorts._check(save_as)
+        self._ready()
+        result = question.run(self.engine)
+        if save_as is not None:
+            self.cohorts.save(save_as, result)
+        return result
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+__all__ = [
+    "ENGINES", "Cohort", "CohortResult", "Cohorts", "DuckDBEngine", "Engine", "Exclusion",
+    "Funnel", "FunnelResult", "Journeys", "Result", "SparkEngine", "Step", "engine",
+    "spark_session",
+]

@@ -1,0 +1,206 @@
+"""Engines: the same Ibis table of person events on the embedded DuckDB store or on Spark.
+
+Every analysis is one Ibis expression over :meth:`Engine.events` (and :meth:`Engine.traits`);
+an engine only says where those tables live and how to read a JSON field, so the analyses are
+written once (issue 5). The DuckDB engine reads the workspace's ``person_events`` view in
+place; the Spark engine reads a Parquet snapshot of the same normalised columns, written by
+DuckDB when the engine is made (``refresh()`` takes a new one).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+
+from ..errors import BowknotError
+
+if TYPE_CHECKING:
+    from ..workspace import Workspace
+
+ENGINES = ("duckdb", "spark")
+
+# The columns every analysis reads (see docs/journeys.md):
+#   person_id  the person of the event as of the last build
+#   ts         the corrected event time (UTC)
+#   seq        a tie-breaker for events at the same time (from the event key)
+#   type       the Segment call (track, page, screen, identify, ...)
+#   event      the step label: a track's event name, "page:<name>" / "screen:<name>" for
+#              named pages and screens, else the call type ("identify", "page", ...)
+#   properties, context   the JSON objects, as text
+EVENT_COLUMNS = ("person_id", "ts", "seq", "type", "event", "properties", "context")
+
+
+@ibis.udf.scalar.builtin(name="json_extract_string")  # type: ignore[untyped-decorator]
+def _duckdb_json_text(doc: str, path: str) -> str:  # type: ignore[empty-body]
+    """DuckDB: the text of the JSON value at ``path`` (NULL when absent)."""
+
+
+@ibis.udf.scalar.builtin(name="get_json_object")  # type: ignore[untyped-decorator]
+def _spark_json_text(doc: str, path: str) -> str:  # type: ignore[empty-body]
+    """Spark: the same, under Spark's name."""
+
+
+def normalised_events(ws: Workspace) -> ir.Table:
+    """``person_events`` as the analysis columns, on the workspace's DuckDB (Ibis)."""
+    pe = ws.table("person_events")
+    named = pe.type.isin(["page", "screen"]) & pe.name.notnull()
+    label = ibis.cases(
+        (pe.type == "track", pe.event),
+        (named, pe.type.concat(":", pe.name)),
+        else_=pe.type,
+    )
+    return pe.filter(pe.person_id.notnull()).select(
+        person_id=pe.person_id,
+        ts=pe.timestamp,
+        # The key is an unsigned 64-bit hash; halved it fits a signed BIGINT (Spark has no
+        # unsigned types) and keeps its order.
+        seq=(pe.key // 2).cast("int64"),
+        type=pe.type,
+        event=label.cast("string"),
+        properties=pe.properties.cast("string"),
+        context=pe.context.cast("string"),
+    )
+
+
+def normalised_traits(ws: Workspace) -> ir.Table:
+    """``person_traits`` with each value as text (strings unquoted, others as JSON text)."""
+    t = ws.table("person_traits")
+    return t.select(
+        person_id=t.person_id,
+        trait=t.trait,
+        value=_duckdb_json_text(t.value.cast("string"), "$"),
+    )
+
+
+class Engine:
+    """Where the analyses run. Subclasses give the two tables and the JSON accessor."""
+
+    name = "engine"
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+
+    def events(self) -> ir.Table:
+        raise NotImplementedError
+
+    def traits(self) -> ir.Table:
+        raise NotImplementedError
+
+    def json_text(self, doc: ir.StringValue, path: str) -> ir.StringValue:
+        """The text of the JSON value at ``path`` (``$.a.b``) of the JSON text ``doc``."""
+        raise NotImplementedError
+
+    def to_arrow(self, expr: ir.Table) -> pa.Table:
+        table: pa.Table = expr.to_pyarrow()
+        return table
+
+    def close(self) -> None:
+        """Release what the engine holds (the Spark snapshot); the workspace stays open."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class DuckDBEngine(Engine):
+    """The embedded store: the workspace's own tables, read in place."""
+
+    name = "duckdb"
+
+    def events(self) -> ir.Table:
+        return normalised_events(self.ws)
+
+    def traits(self) -> ir.Table:
+        return normalised_traits(self.ws)
+
+    def json_text(self, doc: ir.StringValue, path: str) -> ir.StringValue:
+        out: ir.StringValue = _duckdb_json_text(doc, path)
+        return out
+
+
+def spark_session(master: str = "local[2]", shuffle_partitions: int = 4) -> Any:
+    """A Spark session for bowknot: UTC, small shuffles, no UI (or the active one)."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise BowknotError(
+            "Spark is not installed: `pip install 'pyspark>=3.5,<4.1'` (and a Java 17 "
+            "runtime), or use the DuckDB engine.", code="engine_unavailable") from None
+    return (
+        SparkSession.builder.master(master)
+        .appName("bowknot")
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.ansi.enabled", "false")
+        .getOrCreate()
+    )
+
+
+class SparkEngine(Engine):
+    """Apache Spark through ``ibis.pyspark``, over a Parquet snapshot of the workspace.
+
+    ``session`` defaults to :func:`spark_session` (local mode); pass your cluster's session
+    and a ``directory`` it can read to run on a cluster.
+    """
+
+    name = "spark"
+
+    def __init__(self, ws: Workspace, session: Any = None,
+                 directory: str | Path | None = None) -> None:
+        super().__init__(ws)
+        self.session = session if session is not None else spark_session()
+        self.con = ibis.pyspark.connect(self.session)
+        self._owned = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="bowknot-spark-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._prefix = f"bowknot_{id(self):x}"
+        self._events: ir.Table | None = None
+        self._traits: ir.Table | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Take a new snapshot of the workspace's person events and traits."""
+        duck = self.ws.store.ibis
+        for name, expr in (("events", normalised_events(self.ws)),
+                           ("traits", normalised_traits(self.ws))):
+            path = self.directory / f"{name}.parquet"
+            duck.to_parquet(expr, str(path))
+            table = self.con.read_parquet(str(path), table_name=f"{self._prefix}_{name}")
+            # Spark may read DuckDB's timestamps as TIMESTAMP_NTZ; both mean UTC here.
+            if name == "events":
+                self._events = table
+            else:
+                self._traits = table
+
+    def events(self) -> ir.Table:
+        assert self._events is not None
+        return self._events
+
+    def traits(self) -> ir.Table:
+        assert self._traits is not None
+        return self._traits
+
+    def json_text(self, doc: ir.StringValue, path: str) -> ir.StringValue:
+        out: ir.StringValue = _spark_json_text(doc, path)
+        return out
+
+    def close(self) -> None:
+        if self._owned:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def engine(ws: Workspace, name: str = "duckdb", **options: Any) -> Engine:
+    """The engine called ``name`` over ``ws`` (``duckdb`` or ``spark``)."""
+    if name == "duckdb":
+        return DuckDBEngine(ws)
+    if name == "spark":
+        return SparkEngine(ws, **options)
+    raise BowknotError(f"Unknown engine {name!r}; use one of {', '.join(ENGINES)}.",
+                       code="invalid_engine")

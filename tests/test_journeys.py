@@ -1,0 +1,221 @@
+"""Journey analytics: one suite, run on every engine (DuckDB and Spark in local mode).
+
+Hand-made event sets with exact answers; the demo's planted truths are in
+test_journeys_demo.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import bowknot
+from bowknot.cli import main
+from bowknot.errors import BowknotError, ValidationError
+from bowknot.journeys import Journeys, SparkEngine
+
+Analyse = Callable[[bowknot.Workspace], Journeys]
+
+
+@pytest.fixture(params=["duckdb", "spark"])
+def analyse(request: pytest.FixtureRequest) -> Iterator[Analyse]:
+    """``analyse(ws)``: the workspace's journeys on the engine under test (call it after
+    ``ws.build()``: the Spark engine reads a snapshot)."""
+    opened: list[Journeys] = []
+
+    def make(ws: bowknot.Workspace) -> Journeys:
+        if request.param == "duckdb":
+            return ws.journeys
+        j = Journeys(ws, SparkEngine(ws, session=request.getfixturevalue("spark_session")))
+        opened.append(j)
+        return j
+
+    yield make
+    for j in opened:
+        j.close()
+
+
+def at(hours: float) -> str:
+    """2026-01-01 plus ``hours``, as the API's ISO text."""
+    minutes = round(hours * 60)
+    return f"2026-01-{1 + minutes // 1440:02d}T{minutes // 60 % 24:02d}:{minutes % 60:02d}:00Z"
+
+
+def seed(ws: bowknot.Workspace, rows: list[tuple[str, str, float, dict[str, Any]]]) -> None:
+    """Track events (user, event, hours after 2026-01-01, properties), then build."""
+    ws.ingest({"type": "track", "userId": u, "event": e, "timestamp": at(h), "properties": p,
+               "messageId": f"m{i}"} for i, (u, e, h, p) in enumerate(rows))
+    ws.build()
+
+
+def counts(result: Any, breakdown: str | None = None) -> list[int]:
+    return [r["persons"] for r in result.rows() if r.get("breakdown") == breakdown]
+
+
+# u1: A B . C (C too late for a 2 h window); u2: A C B (out of order); u3: A only;
+# u4: B A B C (B before the entry does not count); u5: A X B C (X between A and B).
+FUNNEL = [
+    ("u1", "A", 0, {"c": "x"}), ("u1", "B", 1, {}), ("u1", "C", 3, {}),
+    ("u2", "A", 0, {"c": "y"}), ("u2", "C", 0.5, {}), ("u2", "B", 1, {}),
+    ("u3", "A", 0, {"c": "x"}),
+    ("u4", "B", 0, {}), ("u4", "A", 0.5, {"c": "x"}), ("u4", "B", 1, {}), ("u4", "C", 2, {}),
+    ("u5", "A", 0, {"c": "y"}), ("u5", "X", 0.25, {}), ("u5", "B", 0.5, {}),
+    ("u5", "C", 1.5, {}),
+]
+
+
+def test_funnel_ordered_with_window_and_medians(ws: bowknot.Workspace,
+                                                analyse: Analyse) -> None:
+    seed(ws, FUNNEL)
+    r = analyse(ws).funnel(["A", "B", "C"], within="2h")
+    assert counts(r) == [5, 4, 2]  # u1's C is 3 h after A; u2's C is before its B
+    rows = r.rows()
+    assert rows[1]["conversion"] == pytest.approx(0.8)
+    assert rows[2]["step_conversion"] == pytest.approx(0.5)
+    # A -> B: u1 1 h, u2 1 h, u4 0.5 h, u5 0.5 h; B -> C: u4 1 h, u5 1 h
+    assert rows[1]["median_seconds_from_previous"] == 2700
+    assert rows[2]["median_seconds_from_previous"] == 3600
+    assert r.conversion() == pytest.approx(0.4)
+    assert r.to_pandas()["persons"].tolist() == [5, 4, 2]
+    assert r.to_arrow().column("step").to_pylist() == [1, 2, 3]
+    assert '"kind": "funnel"' in r.to_json()
+    reached = r.persons(3)
+    assert reached.num_rows == 2 and reached.column_names == [
+        "person_id", "entered_at", "reached_at"]
+    assert r.persons(2, dropped=True).num_rows == 2
+
+
+def test_funnel_strict_any_order_and_any_entry(ws: bowknot.Workspace,
+                                               analyse: Analyse) -> None:
+    seed(ws, FUNNEL + [("u3", "A", 5, {}), ("u3", "B", 5.5, {}), ("u3", "C", 6, {})])
+    j = analyse(ws)
+    # strict: the next event after A must be B (u5 has X between; u2 has C)
+    assert counts(j.funnel(["A", "B", "C"], within="2h", order="strict")) == [5, 2, 1]
+    # any order: u2 did all three within 2 h; u1 two; u3's first entry (0 h) is alone
+    assert counts(j.funnel(["A", "B", "C"], within="2h", order="any")) == [5, 4, 3]
+    # any entry: u3's second A (5 h) goes all the way
+    assert counts(j.funnel(["A", "B", "C"], within="2h", entry="any")) == [5, 5, 3]
+    assert counts(j.funnel(["A", "B", "C"], within="2h")) == [5, 4, 2]
+
+
+def test_funnel_filters_exclusions_and_breakdowns(ws: bowknot.Workspace,
+                                                  analyse: Analyse) -> None:
+    seed(ws, FUNNEL)
+    ws.identify("u1", traits={"plan": "gold"}, timestamp=at(0))
+    ws.identify("u2", traits={"plan": "gold"}, timestamp=at(0))
+    ws.build()
+    j = analyse(ws)
+    assert counts(j.funnel(["A[c=x]", "B"], within="2h")) == [3, 2]
+    assert counts(j.funnel([{"event": "A", "where": {"c": ["x", "y"]}}, "B"],
+                           within="2h")) == [5, 4]
+    # X between A and C drops u5's attempt
+    assert counts(j.funnel(["A", "B", "C"], within="2h", exclusions=["X"])) == [4, 3, 1]
+    assert counts(j.funnel(["A", "B", "C"], within="2h",
+                           exclusions=[{"event": "X", "between": [2, 3]}])) == [5, 4, 2]
+    by_c = j.funnel(["A", "B"], within="2h", breakdown="property:c")
+    assert counts(by_c, "x") == [3, 2] and counts(by_c, "y") == [2, 2]
+    by_plan = j.funnel(["A", "B"], within="2h", breakdown="trait:plan")
+    assert counts(by_plan, "gold") == [2, 2] and counts(by_plan, None) == [3, 2]
+
+
+def test_funnel_by_campaign_of_the_entry(ws: bowknot.Workspace, analyse: Analyse) -> None:
+    seed(ws, [("u1", "Campaign Clicked", 0, {"campaign_id": "spring"}),
+              ("u1", "Booking Completed", 10, {}),
+              ("u2", "Campaign Clicked", 0, {"campaign_id": "fall"})])
+    ws.page("Home", anonymous_id="a3", timestamp=at(0),
+            context={"campaign": {"source": "email", "name": "spring"}})
+    ws.build()
+    r = analyse(ws).funnel(["Campaign Clicked", "Booking Completed"], within="1d",
+                           breakdown="campaign")
+    assert counts(r, "spring") == [1, 1] and counts(r, "fall") == [1, 0]
+    r = analyse(ws).funnel(["page:Home", "Booking Completed"], breakdown="campaign")
+    assert counts(r, "spring") == [1, 0]
+
+
+def test_funnel_input_errors_say_how_to_fix(ws: bowknot.Workspace) -> None:
+    j = ws.journeys
+    with pytest.raises(ValidationError, match="at least 2"):
+        j.funnel(["A"])
+    with pytest.raises(ValidationError, match="'48h'"):
+        j.funnel(["A", "B"], within="two days")
+    with pytest.raises(ValidationError, match="KEY=VALUE"):
+        j.funnel(["A[c]", "B"])
+    with pytest.raises(ValidationError, match="order="):
+        j.funnel(["A", "B"], order="sideways")
+    with pytest.raises(ValidationError, match="breakdown"):
+        j.funnel(["A", "B"], breakdown="colour")
+    with pytest.raises(ValidationError, match="between"):
+        j.funnel(["A", "B"], exclusions=[{"event": "X", "between": [2, 1]}])
+    ws.track("A", user_id="u1")
+    with pytest.raises(BowknotError, match="bowknot build"):
+        j.funnel(["A", "B"])
+
+
+def test_cohort_did_a_but_not_b_within_t_saved_by_name(ws: bowknot.Workspace,
+                                                      analyse: Analyse) -> None:
+    seed(ws, [
+        ("u1", "Clicked", 0, {}), ("u1", "Booked", 24, {}),        # booked within 3 days
+        ("u2", "Clicked", 0, {}), ("u2", "Booked", 100, {}),       # too late: in the cohort
+        ("u3", "Clicked", 10, {}),                                  # never booked
+        ("u4", "Booked", 0, {}), ("u4", "Clicked", 5, {}),         # booked before only
+        ("u5", "Booked", 1, {}),                                    # never clicked
+        ("u6", "Clicked", 0, {}), ("u6", "Clicked", 80, {}), ("u6", "Booked", 90, {}),
+    ])
+    ws.identify("u3", traits={"city": "Lisbon"}, timestamp=at(0))
+    ws.build()
+    r = analyse(ws).cohort("Clicked", "Booked", within="3d", traits=["city"],
+                           save_as="clicked-not-booked")
+    by_user = {row["person_id"]: row for row in r.rows()}
+    users = {p["person_id"]: p["user_id"] for p in ws.sql(
+        "SELECT person_id, root_value AS user_id FROM persons")}
+    assert sorted(users[p] for p in by_user) == ["u2", "u3", "u4", "u6"]
+    assert r.persons == 4 and r.extra["entered"] == 5 and r.converted_share == pytest.approx(0.2)
+    lisbon = [row for row in r.rows() if users[row["person_id"]] == "u3"][0]
+    assert lisbon["city"] == "Lisbon" and lisbon["entered_at"].startswith("2026-01-01T10:00")
+    assert r.to_pandas().shape == (4, 3)
+
+    saved = ws.journeys.cohorts.get("clicked-not-booked")
+    assert saved["persons"] == 4 and saved["definition"]["did"] == "Clicked"
+    assert sorted(ws.journeys.cohorts.members("clicked-not-booked").column(
+        "person_id").to_pylist()) == sorted(by_user)
+    ws.journeys.cohorts.delete("clicked-not-booked")
+    assert ws.journeys.cohorts.list() == []
+
+
+def test_cohort_errors_say_how_to_fix(ws: bowknot.Workspace) -> None:
+    with pytest.raises(ValidationError, match="'3d'"):
+        ws.journeys.cohort("A", "B", within="soon")
+    with pytest.raises(ValidationError, match="lower-case"):
+        ws.journeys.cohort("A", "B", within="3d", save_as="Bad Name!")
+    with pytest.raises(bowknot.NotFound, match="bowknot cohort list"):
+        ws.journeys.cohorts.members("missing")
+
+
+def test_cli_funnel_and_cohort(tmp_path: Path) -> None:
+    db = tmp_path / "cli.duckdb"
+    with bowknot.connect(db) as ws:
+        seed(ws, FUNNEL)
+    args = ["--db", str(db)]
+    out = cli("funnel", "A", "B", "C", "--within", "2h", *args)
+    assert "funnel within 2h" in out and "0.4" in out
+    data = json.loads(cli("funnel", "A", "B", "C", "--within", "2h", "--json", *args))
+    assert [r["persons"] for r in data["rows"]] == [5, 4, 2]
+    lines = cli("funnel", "A", "B", "--within", "2h", "--csv", *args).splitlines()
+    assert lines[0].startswith("step,event,persons") and lines[2].startswith("2,B,4,")
+    out = cli("cohort", "find", "A", "C", "--within", "2h", "--save", "a-no-c", *args)
+    assert "2 of 5 persons" in out and "saved as 'a-no-c'" in out
+    assert "a-no-c" in cli("cohort", "list", *args)
+    assert len(json.loads(cli("cohort", "show", "a-no-c", "--json", *args))["members"]) == 2
+    bad = CliRunner().invoke(main, ["funnel", "A", "B", "--within", "soon", *args])
+    assert bad.exit_code == 1 and "'48h'" in bad.output
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
