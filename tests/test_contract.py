@@ -188,3 +188,11 @@ def test_library_input_json_cannot_hold_is_refused_clearly(ws: bowknot.Workspace
     # JSON has no NaN: it is written as null, as orjson and browsers' JSON.stringify do.
     ws.track("B", user_id="u", properties={"x": float("nan")})
     assert '"x":null' in stored(ws, "event = 'B'")[0]["properties"]
+
+
+def test_threads_starting_at_once_share_one_writer(ws: bowknot.Workspace) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        writers = list(pool.map(lambda _: ws.writer, range(8)))
+    assert len({id(w) for w in writers}) == 1

@@ -6,6 +6,7 @@ The CLI, the HTTP API and the pages are thin shells over it.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
@@ -36,6 +37,7 @@ class Workspace:
         self.path = Path(path)
         self.store = Store(self.path, self.settings)
         self._writer: Writer | None = None
+        self._writer_lock = threading.Lock()
         self.access = Access(self.store)
         self.failures = Failures(self)
         build_module.migrate(self.store.connection)
@@ -52,10 +54,14 @@ class Workspace:
     # -- lifecycle ---------------------------------------------------------------------
     @property
     def writer(self) -> Writer:
+        """The one writer of this workspace, started on first use (from any thread)."""
         if self._writer is None:
-            self._writer = Writer(self.store, self.settings)
-            self._writer.suppress_sql = privacy.SUPPRESS_SQL
-            self._writer.refresh_suppressions()
+            with self._writer_lock:
+                if self._writer is None:
+                    writer = Writer(self.store, self.settings)
+                    writer.suppress_sql = privacy.SUPPRESS_SQL
+                    writer.refresh_suppressions()
+                    self._writer = writer
         return self._writer
 
     @property
