@@ -241,3 +241,96 @@ def test_surveys_cli(tmp_path: Path) -> None:
         assert ws.surveys.answer(link.rsplit("/", 1)[1], 10)["state"] == "recorded"
     assert "100" in run("surveys", "report", "nps")
     assert "nps" in run("surveys", "list")
+    with bowknot.connect(db) as ws:
+        ws.identify("u-bob", traits={"email": "bob@example.com"})
+        ws.build()
+    bob_link = run("surveys", "invite", "nps", "u-bob", "--trigger", "export").strip()
+    out = tmp_path / "invitations.csv"
+    assert "wrote 1 invitation" in run("surveys", "export", "nps", "--out", str(out))
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("invitation_id,person_id") and bob_link in lines[1]
+    assert "bob@example.com" in lines[1]  # the answered invitation is not exported
+
+
+class Receiver:
+    """A real HTTP endpoint that fails the first ``failures`` posts, then accepts."""
+
+    def __init__(self, failures: int) -> None:
+        import http.server
+        import threading
+
+        self.failures = failures
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                ok = len(receiver.posts) > receiver.failures
+                self.send_response(200 if ok else 503)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/surveys"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_webhook_signed_retried_and_dead_letters(tmp_path: Path) -> None:
+    import base64
+    import hashlib
+    import hmac
+    import json as json_
+
+    from bowknot import webhooks
+
+    flaky = Receiver(failures=2)
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    try:
+        with bowknot.connect(tmp_path / "w.duckdb", webhook_url=flaky.url, webhook_secret=secret,
+                             webhook_backoff_seconds=0.01, webhook_attempts=3) as ws:
+            pid = person(ws, language="fa")
+            ws.surveys.create("nps", kind="nps")
+            inv = ws.surveys.invite("nps", pid, channel="webhook")
+            out = webhooks.deliver(ws, inv)
+            assert out["status"] == "delivered" and out["attempts"] == 3
+            assert webhooks.deliver(ws, inv)["attempts"] == 3  # delivered: never sent again
+            headers, body = flaky.posts[-1]
+            # Verify the Standard Webhooks signature independently of the code under test.
+            key = base64.b64decode(secret.removeprefix("whsec_"))
+            signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+            expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+            assert headers["webhook-signature"] == "v1," + expected
+            assert {h["webhook-id"] for h, _ in flaky.posts} == {f"msg_{inv['invitation_id']}"}
+            payload = json_.loads(body)
+            assert payload["language"] == "fa" and payload["link"].endswith(inv["token"])
+            assert len(payload["score_links"]) == 11
+    finally:
+        flaky.close()
+
+    down = Receiver(failures=10**6)
+    try:
+        with bowknot.connect(tmp_path / "w2.duckdb", webhook_url=down.url,
+                             webhook_backoff_seconds=0.01, webhook_attempts=2) as ws:
+            pid = person(ws)
+            ws.surveys.create("nps", kind="nps")
+            inv = ws.surveys.invite("nps", pid, channel="webhook")
+            assert webhooks.deliver(ws, inv)["status"] == "dead"
+            dead = webhooks.dead_letters(ws)
+            assert len(dead) == 1 and dead[0]["last_error"] == "HTTP 503"
+            down.failures = 0  # the receiver is fixed: replay the dead letter
+            assert webhooks.replay(ws, dead[0]["delivery_id"])["status"] == "delivered"
+            assert webhooks.dead_letters(ws) == []
+            ws.build()
+            assert [e["properties"]["channel"] for e in ws.persons.timeline(pid)
+                    if e["event"] == "survey_invited"] == ["webhook"]
+            with pytest.raises(NotFound):
+                webhooks.replay(ws, "msg_nope")
+    finally:
+        down.close()

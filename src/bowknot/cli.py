@@ -435,25 +435,79 @@ def surveys_list(db: Path, as_json: bool) -> None:
 @click.option("--trigger", default="manual", show_default=True,
               help="One invitation per person, survey and trigger.")
 @click.option("--email", "by_email", is_flag=True, help="Send it over SMTP (smtp_* settings).")
+@click.option("--webhook", "by_webhook", is_flag=True,
+              help="Send it to webhook_url (signed, retried; failures become dead letters).")
 @click.option("--language", default=None, help="Override the person's language.")
 @db_option
 @json_option
 def surveys_invite(survey_id: str, person: str, trigger: str, by_email: bool,
-                   language: str | None, db: Path, as_json: bool) -> None:
-    """Invite PERSON (id, TYPE:VALUE or identifier): print the signed link, or e-mail it."""
-    from . import mailer
+                   by_webhook: bool, language: str | None, db: Path, as_json: bool) -> None:
+    """Invite PERSON (id, TYPE:VALUE or identifier): print the signed link, or send it."""
+    from . import mailer, webhooks
 
+    channel = "email" if by_email else "webhook" if by_webhook else "link"
     with workspace(db) as ws:
-        inv = ws.surveys.invite(survey_id, person, trigger=trigger,
-                                channel="email" if by_email else "link", language=language)
+        inv = ws.surveys.invite(survey_id, person, trigger=trigger, channel=channel,
+                                language=language)
         if by_email:
             inv["delivery"] = mailer.send_invitation(ws, inv)
+        elif by_webhook:
+            inv["delivery"] = webhooks.deliver(ws, inv)
     if as_json:
         _json(inv)
     else:
         click.echo(inv["link"])
         if by_email:
             click.echo("e-mailed" if inv["delivery"]["sent"] else "already e-mailed before")
+        elif by_webhook:
+            click.echo(f"webhook {inv['delivery']['status']} after "
+                       f"{inv['delivery']['attempts']} attempt(s)")
+
+
+@surveys.command("dead-letters")
+@db_option
+@json_option
+def surveys_dead_letters(db: Path, as_json: bool) -> None:
+    """Webhook deliveries that failed every attempt (replay them with `surveys replay`)."""
+    from . import webhooks
+
+    with workspace(db) as ws:
+        rows = webhooks.dead_letters(ws)
+    _json(rows) if as_json else _table([{k: r[k] for k in (
+        "delivery_id", "url", "attempts", "last_error", "created_at")} for r in rows])
+
+
+@surveys.command("replay")
+@click.argument("delivery_id")
+@db_option
+def surveys_replay(delivery_id: str, db: Path) -> None:
+    """Try dead letter DELIVERY_ID again."""
+    from . import webhooks
+
+    with workspace(db) as ws:
+        out = webhooks.replay(ws, delivery_id)
+    click.echo(f"{delivery_id}: {out['status']} ({out['attempts']} attempts in all)")
+
+
+@surveys.command("export")
+@click.argument("survey_id")
+@click.option("--out", "out_file", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="CSV file to write.")
+@db_option
+def surveys_export(survey_id: str, out_file: Path, db: Path) -> None:
+    """Open invitations of SURVEY_ID as a CSV (person, e-mail, language, link) for manual
+    upload to another tool."""
+    import csv
+
+    with workspace(db) as ws:
+        rows = ws.surveys.open_invitations(survey_id)
+    with out_file.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["invitation_id", "person_id", "user_id", "email",
+                                               "language", "trigger", "link", "expires_at"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r[k] for k in writer.fieldnames})
+    click.echo(f"wrote {len(rows)} invitation(s) to {out_file}")
 
 
 @surveys.command("report")

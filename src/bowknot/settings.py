@@ -184,6 +184,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("smtp_user", "", "SMTP user name; empty means no login."),
     Setting("smtp_password", "", "SMTP password."),
     Setting("smtp_from", "bowknot <surveys@localhost>", "The From address of survey e-mails."),
+    Setting("webhook_url", "", "The company's endpoint that receives survey invitations "
+            "(JSON, signed the Standard Webhooks way); empty means no webhook channel."),
+    Setting("webhook_secret", "", "Signing secret (whsec_...); empty means one made for the "
+            "workspace (`bowknot surveys webhook-secret` prints it)."),
+    Setting("webhook_attempts", 5, "Attempts per webhook delivery before it becomes a dead "
+            "letter.", int),
+    Setting("webhook_backoff_seconds", 1.0, "Wait before the second attempt; it doubles "
+            "after each failure.", float),
     Setting("threads", 0, "DuckDB worker threads; 0 means one per core.", int),
     Setting(
         "memory_limit",

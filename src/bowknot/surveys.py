@@ -193,6 +193,14 @@ class Surveys:
                           [invitation_id])[0]
         return self._with_link(row)
 
+    def open_invitations(self, survey_id: str) -> list[dict[str, Any]]:
+        """Invitations not answered and not expired, with their links (for an export file)."""
+        self.get(survey_id)
+        rows = self._q("""SELECT * FROM survey_invitations WHERE survey_id = ?
+            AND answered_at IS NULL AND expires_at > ? ORDER BY created_at""",
+                       [survey_id, _now()])
+        return [self._with_link(r) for r in rows]
+
     def _with_link(self, row: dict[str, Any]) -> dict[str, Any]:
         token = self.token(row["invitation_id"], row["expires_at"])
         return {**row, "token": token, "link": self.link(token)}

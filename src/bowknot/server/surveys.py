@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from .. import mailer, survey_text
+from .. import mailer, survey_text, webhooks
 from ..errors import BowknotError, ValidationError
 from ..workspace import Workspace
 from .auth import require_admin
@@ -121,7 +121,7 @@ class SurveyIn(BaseModel):
 class InviteIn(BaseModel):
     person: str = Field(description="person id, TYPE:VALUE or identifier")
     trigger: str = Field("manual", description="one invitation per person, survey and trigger")
-    channel: str = Field("link", description="link or email")
+    channel: str = Field("link", description="link, email or webhook")
     language: str | None = None
 
 
@@ -152,9 +152,21 @@ async def invite(request: Request, survey_id: str, body: InviteIn) -> JSONRespon
         language=body.language))
     if body.channel == "email":
         inv["delivery"] = await run_in_threadpool(mailer.send_invitation, ws, inv)
+    elif body.channel == "webhook":
+        inv["delivery"] = await run_in_threadpool(webhooks.deliver, ws, inv)
     elif body.channel != "link":
-        raise ValidationError("channel: use link or email.")
+        raise ValidationError("channel: use link, email or webhook.")
     return _json(inv)
+
+
+@router.get("/webhooks/dead-letters", summary="Webhook deliveries that failed every attempt")
+async def dead_letters(request: Request) -> JSONResponse:
+    return _json(await run_in_threadpool(webhooks.dead_letters, _ws(request)))
+
+
+@router.post("/webhooks/{delivery_id}/replay", summary="Try a dead letter again")
+async def replay(request: Request, delivery_id: str) -> JSONResponse:
+    return _json(await run_in_threadpool(webhooks.replay, _ws(request), delivery_id))
 
 
 @router.get("/surveys/{survey_id}/report", summary="Answers and NPS with its interval")
