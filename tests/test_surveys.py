@@ -334,3 +334,90 @@ def test_webhook_signed_retried_and_dead_letters(tmp_path: Path) -> None:
                 webhooks.replay(ws, "msg_nope")
     finally:
         down.close()
+
+
+def clicked_not_booked(ws: bowknot.Workspace, n: int, timezone: str = "UTC") -> None:
+    """n persons who clicked a campaign and did not book: a saved cohort."""
+    events: list[dict[str, Any]] = []
+    for i in range(n):
+        events.append({"type": "identify", "userId": f"c{i}", "messageId": f"id-{i}",
+                       "traits": {"email": f"c{i}@example.com"},
+                       "context": {"timezone": timezone},
+                       "timestamp": "2026-07-01T10:00:00Z"})
+        events.append({"type": "track", "userId": f"c{i}", "event": "Campaign Clicked",
+                       "messageId": f"click-{i}", "properties": {"campaign_id": "free-day"},
+                       "timestamp": "2026-07-02T10:00:00Z"})
+    ws.ingest(events)
+    ws.build()
+    ws.journeys.cohort("Campaign Clicked", "Booking Completed", within="3d",
+                       save_as="clicked-not-booked")
+
+
+def test_cohort_send_follows_the_contact_rules(tmp_path: Path) -> None:
+    with bowknot.connect(tmp_path / "w.duckdb", survey_quiet_hours="") as ws:
+        clicked_not_booked(ws, 40)
+        ws.surveys.create("nps-other", kind="nps")
+        ws.surveys.invite("nps-other", "c0")  # asked last week by another survey
+        ws.surveys.create("nps-free-day", kind="nps", holdout=0.25)
+        out = ws.surveys.invite_cohort("nps-free-day", "clicked-not-booked", channel="email")
+        assert out["members"] == 40 and out["contacted_recently"] == 1
+        assert out["invited"] + out["holdout"] == 39 and 4 <= out["holdout"] <= 18
+        again = ws.surveys.invite_cohort("nps-free-day", "clicked-not-booked")
+        assert again["already"] == 39 and again["invited"] == again["holdout"] == 0
+        rows = ws.sql("""SELECT channel, count(*) AS n FROM survey_invitations
+                         WHERE survey_id = 'nps-free-day' GROUP BY 1 ORDER BY 1""")
+        assert {r["channel"] for r in rows} == {"email", "holdout"}
+        # Hold-out members get no link and no message; e-mail ones are due now.
+        due = ws.surveys.due("nps-free-day")
+        assert len(due) == out["invited"] and all(d["email"] for d in due)
+        with pytest.raises(NotFound):
+            ws.surveys.invite_cohort("nps-free-day", "no-such-cohort")
+
+    with bowknot.connect(tmp_path / "s.duckdb", survey_quiet_hours="", ) as ws:
+        clicked_not_booked(ws, 20)
+        ws.surveys.create("half", kind="nps", sample=0.5)
+        out = ws.surveys.invite_cohort("half", "clicked-not-booked")
+        assert out["invited"] + out["not_sampled"] == 20 and 3 <= out["invited"] <= 17
+
+
+def test_quiet_hours_in_the_persons_time_zone(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    tz = "Asia/Bangkok"
+    hour = datetime.now(UTC).astimezone(ZoneInfo(tz)).hour
+    quiet = f"{hour}-{(hour + 2) % 24}"  # it is quiet there right now
+    with bowknot.connect(tmp_path / "w.duckdb", survey_quiet_hours=quiet) as ws:
+        clicked_not_booked(ws, 3, timezone=tz)
+        assert ws.persons.get("c0")["traits"]["timezone"] == tz
+        ws.surveys.create("nps", kind="nps")
+        out = ws.surveys.invite_cohort("nps", "clicked-not-booked", channel="email")
+        assert out["invited"] == 3 and out["deferred_quiet_hours"] == 3
+        assert ws.surveys.due("nps") == []
+        inv = ws.sql("SELECT * FROM survey_invitations LIMIT 1")[0]
+        local_after = inv["send_after"].replace(tzinfo=UTC).astimezone(ZoneInfo(tz))
+        assert local_after.hour == (hour + 2) % 24 and local_after.minute == 0
+        assert mailer.send_invitation(ws, inv)["reason"] == "quiet hours"
+
+
+def test_cli_sends_a_cohort_by_email(tmp_path: Path, smtp: tuple[Inbox, int]) -> None:
+    from click.testing import CliRunner
+
+    from bowknot.cli import main
+
+    inbox, port = smtp
+    db = str(tmp_path / "w.duckdb")
+    with bowknot.connect(db) as ws:
+        clicked_not_booked(ws, 5)
+    env = {"BOWKNOT_SMTP_PORT": str(port), "BOWKNOT_SURVEY_QUIET_HOURS": ""}
+
+    def run(*args: str) -> str:
+        result = CliRunner(env=env).invoke(main, [*args, "--db", db], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("surveys", "create", "nps", "--kind", "nps")
+    out = run("surveys", "send", "nps", "--cohort", "clicked-not-booked", "--json")
+    assert '"delivered": 5' in out and len(inbox.messages) == 5
+    assert "delivered 0" in run("surveys", "send-due")  # nothing twice
+    assert len(inbox.messages) == 5

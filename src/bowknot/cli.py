@@ -464,6 +464,48 @@ def surveys_invite(survey_id: str, person: str, trigger: str, by_email: bool,
                        f"{inv['delivery']['attempts']} attempt(s)")
 
 
+@surveys.command("send")
+@click.argument("survey_id")
+@click.option("--cohort", required=True, help="A saved cohort (`bowknot cohort list`).")
+@click.option("--channel", type=click.Choice(["link", "email", "webhook"]), default="email",
+              show_default=True)
+@click.option("--trigger", default=None, help="Defaults to cohort:NAME.")
+@db_option
+@json_option
+def surveys_send(survey_id: str, cohort: str, channel: str, trigger: str | None, db: Path,
+                 as_json: bool) -> None:
+    """Invite a saved cohort under the contact rules, then deliver what is due now."""
+    with workspace(db) as ws:
+        out = ws.surveys.invite_cohort(survey_id, cohort, trigger=trigger, channel=channel)
+        out["delivered"] = _deliver_due(ws, survey_id)
+    if as_json:
+        _json(out)
+    else:
+        _table([out])
+
+
+@surveys.command("send-due")
+@click.option("--survey", "survey_id", default=None, help="Only this survey.")
+@db_option
+def surveys_send_due(survey_id: str | None, db: Path) -> None:
+    """Deliver invitations whose quiet hours are over (run it from a scheduler)."""
+    with workspace(db) as ws:
+        n = _deliver_due(ws, survey_id)
+    click.echo(f"delivered {n} invitation(s)")
+
+
+def _deliver_due(ws: Workspace, survey_id: str | None) -> int:
+    from . import mailer, webhooks
+
+    sent = 0
+    for inv in ws.surveys.due(survey_id):  # one message each: I/O, not a data loop
+        if inv["channel"] == "email" and inv["email"]:
+            sent += bool(mailer.send_invitation(ws, inv)["sent"])
+        elif inv["channel"] == "webhook":
+            sent += webhooks.deliver(ws, inv)["status"] == "delivered"
+    return sent
+
+
 @surveys.command("dead-letters")
 @db_option
 @json_option

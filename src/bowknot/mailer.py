@@ -61,10 +61,13 @@ def send_invitation(ws: Any, invitation: dict[str, Any], force: bool = False) ->
         raise ValidationError(
             "This person has no e-mail address; invite them through another channel "
             "(a webhook or an export file).", invitation_id=invitation["invitation_id"])
-    rows = ws.store.query("SELECT sent_at FROM survey_invitations WHERE invitation_id = ?",
-                          [invitation["invitation_id"]])
+    rows = ws.store.query("""SELECT sent_at, send_after FROM survey_invitations
+                             WHERE invitation_id = ?""", [invitation["invitation_id"]])
     if rows and rows[0]["sent_at"] is not None and not force:
         return {"sent": False, "reason": "already sent", "sent_at": rows[0]["sent_at"]}
+    now = datetime.now(UTC).replace(tzinfo=None)
+    if rows and rows[0]["send_after"] is not None and rows[0]["send_after"] > now and not force:
+        return {"sent": False, "reason": "quiet hours", "send_after": rows[0]["send_after"]}
     msg = compose(ws, invitation)
     s = ws.settings
     try:

@@ -82,7 +82,13 @@ def _in_list(text: str) -> str:
 
 
 # An event's traits: an identify's own, or any event's context.traits (over hinted events).
-TRAITS_COLUMN = """CASE WHEN type = 'identify' THEN traits
+# An identify's context.timezone becomes the ``timezone`` trait (its own traits win): survey
+# quiet hours need the person's local time.
+TRAITS_COLUMN = """CASE WHEN type = 'identify' THEN
+             CASE WHEN contains(context, '"timezone"') AND (context->'timezone') IS NOT NULL
+                  THEN json_merge_patch(json_object('timezone', context->'timezone'),
+                                        coalesce(traits, '{}'))
+                  ELSE traits END
            WHEN (_ctx->'traits') IS NOT NULL THEN _ctx->'traits' END"""
 
 # Partial aggregates of a group of events (columns of ``event_columns``), and how partials

@@ -178,6 +178,12 @@ SETTINGS: tuple[Setting, ...] = (
         "as a scanner or a double click (the first answer is kept).",
         int,
     ),
+    Setting("survey_contact_days", 30, "A triggered survey skips anybody asked by any survey "
+            "within this many days.", int),
+    Setting("survey_quiet_hours", "21-8", "Local hours (START-END) in which no invitation is "
+            "sent; they wait for the end. Empty means none."),
+    Setting("survey_default_timezone", "UTC", "Time zone for quiet hours when a person has no "
+            "timezone trait."),
     Setting("smtp_host", "127.0.0.1", "SMTP server for survey e-mails."),
     Setting("smtp_port", 25, "SMTP server port.", int),
     Setting("smtp_starttls", False, "Use STARTTLS with the SMTP server.", bool),

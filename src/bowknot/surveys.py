@@ -45,6 +45,10 @@ DDL: tuple[str, ...] = (
         channel VARCHAR, language VARCHAR, user_id VARCHAR, anonymous_id VARCHAR,
         email VARCHAR, created_at TIMESTAMP, expires_at TIMESTAMP, sent_at TIMESTAMP,
         answered_at TIMESTAMP, score INTEGER, commented_at TIMESTAMP)""",
+    # Columns added after the first release of these tables.
+    "ALTER TABLE surveys ADD COLUMN IF NOT EXISTS sample DOUBLE DEFAULT 1.0",
+    "ALTER TABLE surveys ADD COLUMN IF NOT EXISTS holdout DOUBLE DEFAULT 0.0",
+    "ALTER TABLE survey_invitations ADD COLUMN IF NOT EXISTS send_after TIMESTAMP",
     """CREATE TABLE IF NOT EXISTS survey_flags (
         invitation_id VARCHAR, flagged_at TIMESTAMP, kind VARCHAR, detail JSON)""",
 )
@@ -105,8 +109,15 @@ class Surveys:
     def create(self, survey_id: str, *, kind: str = "nps", name: str | None = None,
                language: str = "en", company: str | None = None,
                scale: tuple[int, int] | None = None, reasons: list[str] | None = None,
-               translations: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
-        """Create (or replace) survey ``survey_id``."""
+               translations: dict[str, dict[str, str]] | None = None,
+               sample: float = 1.0, holdout: float = 0.0) -> dict[str, Any]:
+        """Create (or replace) survey ``survey_id``.
+
+        ``sample``: the share of eligible persons a triggered send invites; ``holdout``: the
+        share kept out on purpose (recorded, never asked) to measure the effect of asking.
+        """
+        if not (0 < sample <= 1 and 0 <= holdout < 1):
+            raise ValidationError("sample must be in (0, 1] and holdout in [0, 1).")
         if not _SLUG.match(survey_id or ""):
             raise ValidationError(
                 f"Survey id {survey_id!r}: use 1-64 lower-case letters, digits, '-' or '_'.")
@@ -127,10 +138,12 @@ class Surveys:
                 "{'question': '...'}}.")
         with self._lock:
             self._exec("DELETE FROM surveys WHERE survey_id = ?", [survey_id])
-            self._exec("""INSERT INTO surveys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)""",
+            self._exec("""INSERT INTO surveys (survey_id, name, kind, scale_min, scale_max,
+                    language, company, reasons, translations, created_at, active, sample,
+                    holdout) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true, ?, ?)""",
                        [survey_id, name or survey_id, kind, low, high, language, company,
                         reasons or [], json.dumps(translations or {}, ensure_ascii=False),
-                        _now()])
+                        _now(), sample, holdout])
         return self.get(survey_id)
 
     def get(self, survey_id: str) -> dict[str, Any]:
@@ -184,14 +197,117 @@ class Surveys:
             now = _now()
             invitation_id = uuid.uuid4().hex[:20]
             expires = now + timedelta(days=self.ws.settings.survey_link_days)
-            self._exec("""INSERT INTO survey_invitations VALUES
-                (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL)""",
+            self._exec("""INSERT INTO survey_invitations (invitation_id, survey_id, person_id,
+                    trigger, channel, language, user_id, anonymous_id, email, created_at,
+                    expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                        [invitation_id, survey_id, pid, trigger, channel, lang, user,
                         None if user else (anon or f"survey-{invitation_id}"), email, now,
                         expires])
             row = self._q("SELECT * FROM survey_invitations WHERE invitation_id = ?",
                           [invitation_id])[0]
         return self._with_link(row)
+
+    def invite_cohort(self, survey_id: str, cohort: str, *, trigger: str | None = None,
+                      channel: str = "link") -> dict[str, Any]:
+        """Invite every member of a saved cohort, in one statement, under the contact rules:
+
+        * once per person, survey and trigger (a second send invites nobody twice);
+        * nobody asked (by any survey) within ``survey_contact_days``;
+        * the survey's ``sample`` share, and its ``holdout`` share recorded but never asked
+          (channel ``holdout``), both decided by a hash of (person, survey), so stable;
+        * ``send_after``: outside quiet hours (``survey_quiet_hours``) in the person's time
+          zone (trait ``timezone``, else ``survey_default_timezone``).
+        """
+        survey = self.get(survey_id)
+        if not self._q("SELECT 1 FROM cohorts WHERE name = ?", [cohort]):
+            raise NotFound(f"No saved cohort {cohort!r}; `bowknot cohort list` shows them.",
+                           cohort=cohort)
+        trigger = trigger or f"cohort:{cohort}"
+        st = self.ws.settings
+        quiet = _quiet_hours(st.survey_quiet_hours)
+        tz_default = st.survey_default_timezone
+        now = _now()
+        expires = now + timedelta(days=st.survey_link_days)
+        if quiet is None:
+            send_after = "NULL::TIMESTAMP"
+        else:
+            start, end = quiet
+            in_quiet = (f"(hour(local) >= {start} OR hour(local) < {end})" if start > end
+                        else f"(hour(local) >= {start} AND hour(local) < {end})")
+            next_day = f"hour(local) >= {start}" if start > end else "false"
+            send_after = f"""CASE WHEN {in_quiet} THEN timezone(tz, date_trunc('day', local)
+                + INTERVAL (CASE WHEN {next_day} THEN 1 ELSE 0 END) DAY
+                + INTERVAL ({end}) HOUR)::TIMESTAMP END"""
+        available = sorted({*survey_text.LANGUAGES, *survey["translations"]})
+        langs = "[" + ", ".join(f"'{x}'" for x in available) + "]"
+        with self._lock:
+            self._exec(f"""CREATE OR REPLACE TEMP TABLE s_cand AS
+                WITH members AS (SELECT DISTINCT person_id FROM cohort_members WHERE name = ?),
+                ids AS (
+                  SELECT person_id,
+                         arg_min(id_value, first_seen) FILTER (WHERE id_type = 'user_id') AS u,
+                         arg_min(id_value, first_seen) FILTER (WHERE id_type = 'anonymous_id')
+                           AS a,
+                         arg_min(id_value, first_seen) FILTER (WHERE id_type = 'email') AS e
+                  FROM identities SEMI JOIN members USING (person_id)
+                  WHERE status = 'linked' GROUP BY person_id),
+                traits AS (
+                  SELECT person_id,
+                         any_value(value->>'$') FILTER (WHERE trait IN ('language', 'locale'))
+                           AS lang,
+                         any_value(value->>'$') FILTER (WHERE trait = 'timezone') AS tz
+                  FROM person_traits SEMI JOIN members USING (person_id) GROUP BY person_id),
+                h AS (SELECT m.person_id, ids.u, ids.a, ids.e, traits.lang,
+                             CASE WHEN traits.tz IN (SELECT name FROM pg_timezone_names())
+                                  THEN traits.tz ELSE '{tz_default}' END AS tz,
+                             (hash(m.person_id, ?) % 10000) / 10000.0 AS draw
+                      FROM members m LEFT JOIN ids USING (person_id)
+                      LEFT JOIN traits USING (person_id))
+                SELECT *, timezone(tz, ?::TIMESTAMP::TIMESTAMPTZ) AS local FROM h""",
+                       [cohort, survey_id, now])
+            counts = self._q(f"""SELECT count(*) AS members,
+                count(*) FILTER (WHERE person_id IN (SELECT person_id FROM survey_invitations
+                  WHERE survey_id = ? AND trigger = ?)) AS already,
+                count(*) FILTER (WHERE person_id IN (SELECT person_id FROM survey_invitations
+                  WHERE channel <> 'holdout' AND created_at > ? - INTERVAL ({int(
+                      st.survey_contact_days)}) DAY)) AS contacted_recently,
+                count(*) FILTER (WHERE draw >= ?) AS not_sampled
+                FROM s_cand""", [survey_id, trigger, now, survey["sample"]])[0]
+            self._exec(f"""INSERT INTO survey_invitations (invitation_id, survey_id, person_id,
+                    trigger, channel, language, user_id, anonymous_id, email, created_at,
+                    expires_at, send_after)
+                SELECT substr(md5(person_id || ? || ? || ?::VARCHAR), 1, 20), ?, person_id, ?,
+                       CASE WHEN draw < ? THEN 'holdout' ELSE ? END,
+                       CASE WHEN list_contains({langs}, lower(split_part(lang, '-', 1)))
+                            THEN lower(split_part(lang, '-', 1)) ELSE ? END,
+                       u, CASE WHEN u IS NULL THEN coalesce(a, 'survey-' || md5(person_id)) END,
+                       e, ?, ?, {send_after}
+                FROM s_cand
+                WHERE draw < ?
+                  AND person_id NOT IN (SELECT person_id FROM survey_invitations
+                                        WHERE survey_id = ? AND trigger = ?)
+                  AND person_id NOT IN (SELECT person_id FROM survey_invitations
+                        WHERE channel <> 'holdout'
+                          AND created_at > ? - INTERVAL ({int(st.survey_contact_days)}) DAY)""",
+                       [survey_id, trigger, now, survey_id, trigger, survey["holdout"], channel,
+                        survey["language"], now, expires, survey["sample"], survey_id, trigger,
+                        now])
+            made = self._q("""SELECT count(*) FILTER (WHERE channel <> 'holdout') AS invited,
+                    count(*) FILTER (WHERE channel = 'holdout') AS holdout,
+                    count(*) FILTER (WHERE send_after > ?) AS deferred_quiet_hours
+                FROM survey_invitations WHERE survey_id = ? AND trigger = ? AND created_at = ?""",
+                               [now, survey_id, trigger, now])[0]
+        return {"survey_id": survey_id, "cohort": cohort, "trigger": trigger, **counts,
+                **made}
+
+    def due(self, survey_id: str | None = None) -> list[dict[str, Any]]:
+        """Invitations by e-mail or webhook not sent yet and outside quiet hours now."""
+        rows = self._q("""SELECT * FROM survey_invitations
+            WHERE channel IN ('email', 'webhook') AND sent_at IS NULL AND answered_at IS NULL
+              AND expires_at > ? AND (send_after IS NULL OR send_after <= ?)
+              AND (? IS NULL OR survey_id = ?) ORDER BY created_at""",
+                       [_now(), _now(), survey_id, survey_id])
+        return rows
 
     def open_invitations(self, survey_id: str) -> list[dict[str, Any]]:
         """Invitations not answered and not expired, with their links (for an export file)."""
@@ -316,6 +432,21 @@ class Surveys:
         elif n:
             out["mean"] = sum(k * v for k, v in dist.items()) / n
         return out
+
+
+def _quiet_hours(text: str) -> tuple[int, int] | None:
+    """``"21-8"`` -> (21, 8): no message from 21:00 to 08:00 local time; empty: none."""
+    if not text.strip():
+        return None
+    try:
+        start, end = (int(x) for x in text.split("-"))
+    except ValueError:
+        raise ValidationError(f"survey_quiet_hours {text!r}: use START-END hours, e.g. 21-8.",
+                              setting="survey_quiet_hours") from None
+    if not (0 <= start <= 23 and 0 <= end <= 23 and start != end):
+        raise ValidationError("survey_quiet_hours: two different hours from 0 to 23.",
+                              setting="survey_quiet_hours")
+    return start, end
 
 
 def nps(promoters: int, detractors: int, n: int, z: float = 1.96) -> dict[str, Any]:

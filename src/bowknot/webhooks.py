@@ -60,6 +60,10 @@ def deliver(ws: Any, invitation: dict[str, Any]) -> dict[str, Any]:
         raise ValidationError("No webhook_url setting: set BOWKNOT_WEBHOOK_URL to the "
                               "company's endpoint first.")
     delivery_id = f"msg_{invitation['invitation_id']}"
+    after = invitation.get("send_after")
+    if after is not None and after > _now():
+        return {"delivery_id": delivery_id, "status": "waiting", "attempts": 0,
+                "send_after": after, "reason": "quiet hours"}
     rows = ws.store.query("SELECT * FROM webhook_deliveries WHERE delivery_id = ?",
                           [delivery_id])
     if rows and rows[0]["status"] == "delivered":

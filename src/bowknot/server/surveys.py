@@ -159,6 +159,23 @@ async def invite(request: Request, survey_id: str, body: InviteIn) -> JSONRespon
     return _json(inv)
 
 
+class SendIn(BaseModel):
+    cohort: str = Field(description="a saved cohort")
+    channel: str = Field("email", description="link, email or webhook")
+    trigger: str | None = Field(None, description="defaults to cohort:NAME")
+
+
+@router.post("/surveys/{survey_id}/send",
+             summary="Invite a saved cohort under the contact rules (counts per rule)")
+async def send(request: Request, survey_id: str, body: SendIn) -> JSONResponse:
+    ws = _ws(request)
+    if body.channel not in ("link", "email", "webhook"):
+        raise ValidationError("channel: use link, email or webhook.")
+    out = await run_in_threadpool(lambda: ws.surveys.invite_cohort(
+        survey_id, body.cohort, trigger=body.trigger, channel=body.channel))
+    return _json(out)
+
+
 @router.get("/webhooks/dead-letters", summary="Webhook deliveries that failed every attempt")
 async def dead_letters(request: Request) -> JSONResponse:
     return _json(await run_in_threadpool(webhooks.dead_letters, _ws(request)))
