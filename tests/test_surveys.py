@@ -421,3 +421,29 @@ def test_cli_sends_a_cohort_by_email(tmp_path: Path, smtp: tuple[Inbox, int]) ->
     assert '"delivered": 5' in out and len(inbox.messages) == 5
     assert "delivered 0" in run("surveys", "send-due")  # nothing twice
     assert len(inbox.messages) == 5
+
+
+def test_experience_impact_shows_the_broken_promise_hurt_clickers(tmp_path: Path) -> None:
+    """The seed's report on the demo story: the free-day promo sent people to closed
+    locations; those who clicked and could not use it answer far worse than those who
+    ignored it, while the healthy summer campaign shows no such gap."""
+    from bowknot import demo
+    from bowknot.imports import import_file
+    from bowknot.surveys import campaign_impact
+
+    with bowknot.connect(tmp_path / "demo.duckdb") as ws:
+        f = tmp_path / "demo.jsonl"
+        demo.write_jsonl(f, events=200_000, seed=7)
+        import_file(ws, f)
+        ws.build()
+        bad = {g["group"]: g for g in campaign_impact(ws, "free-day-downtown")["groups"]}
+        hurt = bad["clicked_not_converted"]
+        assert hurt["answers"] > 200 and hurt["nps_high"] < bad["ignored"]["nps_low"]
+        assert hurt["nps"] < bad["ignored"]["nps"] - 25
+        themes = [t["why"] for t in hurt["themes"]]
+        assert any("closed" in w or "shut" in w for w in themes[:2])
+        good = {g["group"]: g for g in campaign_impact(ws, "summer-weekend")["groups"]}
+        assert good["clicked_not_converted"]["nps"] > good["ignored"]["nps"]
+        only = campaign_impact(ws, "free-day-downtown", survey_id="nps-free-day-downtown")
+        assert {g["group"] for g in only["groups"] if g["answers"]} <= {
+            "converted", "clicked_not_converted"}

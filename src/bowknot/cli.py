@@ -506,6 +506,30 @@ def _deliver_due(ws: Workspace, survey_id: str | None) -> int:
     return sent
 
 
+@surveys.command("impact")
+@click.argument("campaign_id")
+@click.option("--within-days", default=3.0, show_default=True, type=float,
+              help="A click converts when a booking follows within this many days.")
+@click.option("--survey", "survey_id", default=None, help="Only this survey's answers.")
+@db_option
+@json_option
+def surveys_impact(campaign_id: str, within_days: float, survey_id: str | None, db: Path,
+                   as_json: bool) -> None:
+    """The experience impact of CAMPAIGN_ID: NPS of converters, clickers who did not convert,
+    those who ignored it and those it was not sent to, with their main reasons."""
+    from .surveys import campaign_impact
+
+    with workspace(db) as ws:
+        out = campaign_impact(ws, campaign_id, within_days=within_days, survey_id=survey_id)
+    if as_json:
+        _json(out)
+        return
+    _table([{"group": g["group"], "persons": g["persons"], "answers": g["answers"],
+             "NPS": g["nps"], "95 % interval": f"{g['nps_low']} … {g['nps_high']}",
+             "main reasons": "; ".join(t["why"] for t in g["themes"][:3])}
+            for g in out["groups"]], title=f"experience impact of {campaign_id}")
+
+
 @surveys.command("dead-letters")
 @db_option
 @json_option

@@ -434,6 +434,63 @@ class Surveys:
         return out
 
 
+def campaign_impact(ws: Any, campaign_id: str, *, within_days: float = 3.0,
+                    survey_id: str | None = None, themes: int = 5) -> dict[str, Any]:
+    """The experience impact of a campaign: NPS (with its interval) of those who converted
+    (booked within ``within_days`` of their first click), those who clicked and did not
+    convert, those who ignored it, and those it was not sent to, from answers given after the
+    send, with the most frequent "why"s of each group.
+    """
+    booking = ws.settings.booking_event
+    params: list[Any] = [campaign_id, campaign_id, booking, within_days, campaign_id]
+    survey_filter = ""
+    if survey_id is not None:
+        survey_filter = "AND properties->>'survey_id' = ?"
+        params.append(survey_id)
+    rows = ws.store.query(f"""
+        WITH pe AS (SELECT person_id, event, timestamp, properties FROM person_events
+                    WHERE person_id IS NOT NULL),
+        sent AS (SELECT person_id, min(timestamp) AS t FROM pe
+                 WHERE event = 'Campaign Sent' AND properties->>'campaign_id' = ? GROUP BY 1),
+        clicked AS (SELECT person_id, min(timestamp) AS t FROM pe
+                    WHERE event = 'Campaign Clicked' AND properties->>'campaign_id' = ?
+                    GROUP BY 1),
+        converted AS (SELECT DISTINCT c.person_id FROM clicked c JOIN pe b
+                      ON b.person_id = c.person_id AND b.event = ? AND b.timestamp > c.t
+                      AND b.timestamp <= c.t + to_microseconds((? * 86400e6)::BIGINT)),
+        known AS (SELECT DISTINCT person_id FROM persons WHERE known_at IS NOT NULL),
+        grp AS (
+          SELECT k.person_id,
+                 CASE WHEN v.person_id IS NOT NULL THEN 'converted'
+                      WHEN c.person_id IS NOT NULL THEN 'clicked_not_converted'
+                      WHEN s.person_id IS NOT NULL THEN 'ignored'
+                      ELSE 'not_sent' END AS grp
+          FROM known k LEFT JOIN sent s USING (person_id) LEFT JOIN clicked c USING (person_id)
+          LEFT JOIN converted v USING (person_id)),
+        answers AS (
+          SELECT person_id, TRY_CAST(properties->>'score' AS INTEGER) AS score,
+                 nullif(trim(properties->>'why'), '') AS why
+          FROM pe WHERE event = 'survey_answered'
+            AND timestamp > (SELECT min(t) FROM sent WHERE ? IS NOT NULL) {survey_filter})
+        SELECT g.grp, count(DISTINCT g.person_id) AS persons,
+               count(a.score) AS answers,
+               count_if(a.score >= 9) AS promoters, count_if(a.score <= 6) AS detractors,
+               list(a.why) FILTER (WHERE a.why IS NOT NULL) AS whys
+        FROM grp g LEFT JOIN answers a USING (person_id) GROUP BY g.grp""", params)
+    order = ["converted", "clicked_not_converted", "ignored", "not_sent"]
+    groups = []
+    for r in sorted(rows, key=lambda r: order.index(r["grp"])):
+        counts: dict[str, int] = {}
+        for why in r["whys"] or []:  # the themes: verbatims by frequency, per group
+            counts[why] = counts.get(why, 0) + 1
+        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:themes]
+        groups.append({"group": r["grp"], "persons": r["persons"], "answers": r["answers"],
+                       **nps(r["promoters"], r["detractors"], r["answers"]),
+                       "themes": [{"why": w, "answers": n} for w, n in top]})
+    return {"campaign_id": campaign_id, "within_days": within_days, "survey_id": survey_id,
+            "groups": groups}
+
+
 def _quiet_hours(text: str) -> tuple[int, int] | None:
     """``"21-8"`` -> (21, 8): no message from 21:00 to 08:00 local time; empty: none."""
     if not text.strip():

@@ -176,6 +176,17 @@ async def send(request: Request, survey_id: str, body: SendIn) -> JSONResponse:
     return _json(out)
 
 
+@router.get("/campaigns/{campaign_id}/impact",
+            summary="Experience impact: NPS by converted / clicked-not-converted / ignored")
+async def impact(request: Request, campaign_id: str, within_days: float = 3.0,
+                 survey_id: str | None = None) -> JSONResponse:
+    from ..surveys import campaign_impact
+
+    ws = _ws(request)
+    return _json(await run_in_threadpool(lambda: campaign_impact(
+        ws, campaign_id, within_days=within_days, survey_id=survey_id)))
+
+
 @router.get("/webhooks/dead-letters", summary="Webhook deliveries that failed every attempt")
 async def dead_letters(request: Request) -> JSONResponse:
     return _json(await run_in_threadpool(webhooks.dead_letters, _ws(request)))
