@@ -1,0 +1,209 @@
+"""The ``bowknot surveys`` commands (registered on the main command group)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli import _json, _table, db_option, json_option, main, workspace
+from .workspace import Workspace
+
+
+# -- surveys ---------------------------------------------------------------------------------
+@main.group()
+def surveys() -> None:
+    """Surveys: NPS, CSAT, CES and custom scales, signed links, answers on the timeline."""
+
+
+@surveys.command("create")
+@click.argument("survey_id")
+@click.option("--kind", type=click.Choice(["nps", "csat", "ces"]), default="nps",
+              show_default=True)
+@click.option("--company", default=None, help="Replaces {company} in the texts.")
+@click.option("--language", default="en", show_default=True, help="Default language.")
+@click.option("--reason", "reasons", multiple=True, help="A reason choice (repeatable).")
+@db_option
+@json_option
+def surveys_create(survey_id: str, kind: str, company: str | None, language: str,
+                   reasons: tuple[str, ...], db: Path, as_json: bool) -> None:
+    """Create (or replace) survey SURVEY_ID."""
+    with workspace(db) as ws:
+        survey = ws.surveys.create(survey_id, kind=kind, company=company, language=language,
+                                   reasons=list(reasons))
+    _json(survey) if as_json else click.echo(f"survey {survey_id} ({kind}) ready")
+
+
+@surveys.command("list")
+@db_option
+@json_option
+def surveys_list(db: Path, as_json: bool) -> None:
+    """Surveys with their invitations and answers."""
+    with workspace(db) as ws:
+        rows = ws.surveys.all()
+    _json(rows) if as_json else _table(rows)
+
+
+@surveys.command("invite")
+@click.argument("survey_id")
+@click.argument("person")
+@click.option("--trigger", default="manual", show_default=True,
+              help="One invitation per person, survey and trigger.")
+@click.option("--email", "by_email", is_flag=True, help="Send it over SMTP (smtp_* settings).")
+@click.option("--webhook", "by_webhook", is_flag=True,
+              help="Send it to webhook_url (signed, retried; failures become dead letters).")
+@click.option("--language", default=None, help="Override the person's language.")
+@db_option
+@json_option
+def surveys_invite(survey_id: str, person: str, trigger: str, by_email: bool,
+                   by_webhook: bool, language: str | None, db: Path, as_json: bool) -> None:
+    """Invite PERSON (id, TYPE:VALUE or identifier): print the signed link, or send it."""
+    from . import mailer, webhooks
+
+    channel = "email" if by_email else "webhook" if by_webhook else "link"
+    with workspace(db) as ws:
+        inv = ws.surveys.invite(survey_id, person, trigger=trigger, channel=channel,
+                                language=language)
+        if by_email:
+            inv["delivery"] = mailer.send_invitation(ws, inv)
+        elif by_webhook:
+            inv["delivery"] = webhooks.deliver(ws, inv)
+    if as_json:
+        _json(inv)
+    else:
+        click.echo(inv["link"])
+        if by_email:
+            click.echo("e-mailed" if inv["delivery"]["sent"] else "already e-mailed before")
+        elif by_webhook:
+            click.echo(f"webhook {inv['delivery']['status']} after "
+                       f"{inv['delivery']['attempts']} attempt(s)")
+
+
+@surveys.command("send")
+@click.argument("survey_id")
+@click.option("--cohort", required=True, help="A saved cohort (`bowknot cohort list`).")
+@click.option("--channel", type=click.Choice(["link", "email", "webhook"]), default="email",
+              show_default=True)
+@click.option("--trigger", default=None, help="Defaults to cohort:NAME.")
+@db_option
+@json_option
+def surveys_send(survey_id: str, cohort: str, channel: str, trigger: str | None, db: Path,
+                 as_json: bool) -> None:
+    """Invite a saved cohort under the contact rules, then deliver what is due now."""
+    with workspace(db) as ws:
+        out = ws.surveys.invite_cohort(survey_id, cohort, trigger=trigger, channel=channel)
+        out["delivered"] = _deliver_due(ws, survey_id)
+    if as_json:
+        _json(out)
+    else:
+        _table([out])
+
+
+@surveys.command("send-due")
+@click.option("--survey", "survey_id", default=None, help="Only this survey.")
+@db_option
+def surveys_send_due(survey_id: str | None, db: Path) -> None:
+    """Deliver invitations whose quiet hours are over (run it from a scheduler)."""
+    with workspace(db) as ws:
+        n = _deliver_due(ws, survey_id)
+    click.echo(f"delivered {n} invitation(s)")
+
+
+def _deliver_due(ws: Workspace, survey_id: str | None) -> int:
+    from . import mailer, webhooks
+
+    sent = 0
+    for inv in ws.surveys.due(survey_id):  # one message each: I/O, not a data loop
+        if inv["channel"] == "email" and inv["email"]:
+            sent += bool(mailer.send_invitation(ws, inv)["sent"])
+        elif inv["channel"] == "webhook":
+            sent += webhooks.deliver(ws, inv)["status"] == "delivered"
+    return sent
+
+
+@surveys.command("impact")
+@click.argument("campaign_id")
+@click.option("--within-days", default=3.0, show_default=True, type=float,
+              help="A click converts when a booking follows within this many days.")
+@click.option("--survey", "survey_id", default=None, help="Only this survey's answers.")
+@db_option
+@json_option
+def surveys_impact(campaign_id: str, within_days: float, survey_id: str | None, db: Path,
+                   as_json: bool) -> None:
+    """The experience impact of CAMPAIGN_ID: NPS of converters, clickers who did not convert,
+    those who ignored it and those it was not sent to, with their main reasons."""
+    from .surveys import campaign_impact
+
+    with workspace(db) as ws:
+        out = campaign_impact(ws, campaign_id, within_days=within_days, survey_id=survey_id)
+    if as_json:
+        _json(out)
+        return
+    _table([{"group": g["group"], "persons": g["persons"], "answers": g["answers"],
+             "NPS": g["nps"], "95 % interval": f"{g['nps_low']} … {g['nps_high']}",
+             "main reasons": "; ".join(t["why"] for t in g["themes"][:3])}
+            for g in out["groups"]], title=f"experience impact of {campaign_id}")
+
+
+@surveys.command("dead-letters")
+@db_option
+@json_option
+def surveys_dead_letters(db: Path, as_json: bool) -> None:
+    """Webhook deliveries that failed every attempt (replay them with `surveys replay`)."""
+    from . import webhooks
+
+    with workspace(db) as ws:
+        rows = webhooks.dead_letters(ws)
+    _json(rows) if as_json else _table([{k: r[k] for k in (
+        "delivery_id", "url", "attempts", "last_error", "created_at")} for r in rows])
+
+
+@surveys.command("replay")
+@click.argument("delivery_id")
+@db_option
+def surveys_replay(delivery_id: str, db: Path) -> None:
+    """Try dead letter DELIVERY_ID again."""
+    from . import webhooks
+
+    with workspace(db) as ws:
+        out = webhooks.replay(ws, delivery_id)
+    click.echo(f"{delivery_id}: {out['status']} ({out['attempts']} attempts in all)")
+
+
+@surveys.command("export")
+@click.argument("survey_id")
+@click.option("--out", "out_file", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="CSV file to write.")
+@db_option
+def surveys_export(survey_id: str, out_file: Path, db: Path) -> None:
+    """Open invitations of SURVEY_ID as a CSV (person, e-mail, language, link) for manual
+    upload to another tool."""
+    import csv
+
+    with workspace(db) as ws:
+        rows = ws.surveys.open_invitations(survey_id)
+    with out_file.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["invitation_id", "person_id", "user_id", "email",
+                                               "language", "trigger", "link", "expires_at"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r[k] for k in writer.fieldnames})
+    click.echo(f"wrote {len(rows)} invitation(s) to {out_file}")
+
+
+@surveys.command("report")
+@click.argument("survey_id")
+@db_option
+@json_option
+def surveys_report(survey_id: str, db: Path, as_json: bool) -> None:
+    """Answers of SURVEY_ID; NPS with its 95 % interval."""
+    with workspace(db) as ws:
+        report = ws.surveys.report(survey_id)
+    if as_json:
+        _json(report)
+        return
+    keys = ("survey_id", "kind", "answers", "nps", "nps_low", "nps_high", "mean")
+    head: dict[str, Any] = {k: report[k] for k in keys if k in report}
+    _table([head])
+    _table([{"score": k, "answers": v} for k, v in sorted(report["distribution"].items())])
