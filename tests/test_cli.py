@@ -54,5 +54,6 @@ def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
 def test_help_lists_every_command() -> None:
     out = run("--help")
     for command in ("serve", "sources", "tokens", "import", "failed", "sql", "demo",
-                    "settings", "build", "person", "unmerge", "privacy"):
+                    "settings", "build", "person", "unmerge", "privacy", "surveys",
+                    "cases", "funnel", "cohort"):
         assert command in out

@@ -447,3 +447,37 @@ def test_experience_impact_shows_the_broken_promise_hurt_clickers(tmp_path: Path
         only = campaign_impact(ws, "free-day-downtown", survey_id="nps-free-day-downtown")
         assert {g["group"] for g in only["groups"] if g["answers"]} <= {
             "converted", "clicked_not_converted"}
+
+
+def test_a_detractor_opens_a_follow_up_case_and_closing_it_is_measured(
+        ws: bowknot.Workspace, client: TestClient, admin_token: str) -> None:
+    pid = person(ws)
+    ws.surveys.create("nps", kind="nps")
+    ws.surveys.create("nps-later", kind="nps")
+    promoter = ws.surveys.invite("nps", pid, trigger="promoter-check")
+    assert ws.surveys.answer(promoter["token"], 10)["case_id"] is None  # the rule: nps<=6
+    inv = ws.surveys.invite("nps", pid)
+    out = ws.surveys.answer(inv["token"], 2, why="the location was closed")
+    case_id = out["case_id"]
+    assert case_id and ws.cases.list()[0]["case_id"] == case_id
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    r = client.post(f"/v1/cases/{case_id}", headers=auth,
+                    json={"owner": "sara@cx", "note": "Called: offered a voucher"})
+    assert r.status_code == 200 and r.json()["owner"] == "sara@cx"
+    closed = ws.cases.close(case_id, "voucher sent")
+    assert closed["status"] == "closed" and not closed["overdue"]
+    with pytest.raises(ValidationError, match="already closed"):
+        ws.cases.close(case_id, "again")
+    later = ws.surveys.invite("nps-later", pid)
+    ws.surveys.answer(later["token"], 9)
+    ws.build()
+    events = [e["event"] for e in ws.persons.timeline(pid) if e["source"] == "cases"]
+    assert events == ["case_opened", "case_assigned", "case_note", "case_closed"]
+    m = ws.cases.metrics()
+    assert m["cases"] == 1 and m["closed"] == 1 and m["closed_on_time"] == 1
+    assert m["nps_after_follow_up"]["nps"] == 100.0
+    assert client.get("/v1/cases?status=closed", headers=auth).json()[0]["case_id"] == case_id
+    with pytest.raises(ValidationError, match="KIND<=N"):
+        from bowknot.cases import parse_rule
+
+        parse_rule("nps less than 6")

@@ -207,3 +207,72 @@ def surveys_report(survey_id: str, db: Path, as_json: bool) -> None:
     head: dict[str, Any] = {k: report[k] for k in keys if k in report}
     _table([head])
     _table([{"score": k, "answers": v} for k, v in sorted(report["distribution"].items())])
+
+
+@main.group()
+def cases() -> None:
+    """Follow-up cases opened by detractors' answers (setting followup_rule)."""
+
+
+@cases.command("list")
+@click.option("--status", type=click.Choice(["open", "closed", "all"]), default="open",
+              show_default=True)
+@click.option("--person", default=None, help="Only this person (id or identifier).")
+@db_option
+@json_option
+def cases_list(status: str, person: str | None, db: Path, as_json: bool) -> None:
+    """Cases by due date; overdue ones are marked."""
+    with workspace(db) as ws:
+        rows = ws.cases.list(None if status == "all" else status, person)
+    _json(rows) if as_json else _table(rows)
+
+
+@cases.command("show")
+@click.argument("case_id")
+@db_option
+def cases_show(case_id: str, db: Path) -> None:
+    """A case with its notes."""
+    with workspace(db) as ws:
+        _json(ws.cases.get(case_id))
+
+
+@cases.command("assign")
+@click.argument("case_id")
+@click.argument("owner")
+@db_option
+def cases_assign(case_id: str, owner: str, db: Path) -> None:
+    """Give CASE_ID to OWNER."""
+    with workspace(db) as ws:
+        ws.cases.assign(case_id, owner)
+    click.echo(f"{case_id} assigned to {owner}")
+
+
+@cases.command("note")
+@click.argument("case_id")
+@click.argument("text")
+@click.option("--author", default=None)
+@db_option
+def cases_note(case_id: str, text: str, author: str | None, db: Path) -> None:
+    """Add a note to CASE_ID (it shows on the person's timeline)."""
+    with workspace(db) as ws:
+        ws.cases.note(case_id, text, author)
+    click.echo(f"note added to {case_id}")
+
+
+@cases.command("close")
+@click.argument("case_id")
+@click.option("--resolution", default="", help="What was done.")
+@db_option
+def cases_close(case_id: str, resolution: str, db: Path) -> None:
+    """Close CASE_ID (a case_closed event with the time it took)."""
+    with workspace(db) as ws:
+        case = ws.cases.close(case_id, resolution)
+    click.echo(f"{case_id} closed ({'on time' if case['closed_at'] <= case['due_at'] else 'late'})")
+
+
+@cases.command("metrics")
+@db_option
+def cases_metrics(db: Path) -> None:
+    """Time to follow up, and the NPS of answers given after a follow-up."""
+    with workspace(db) as ws:
+        _json(ws.cases.metrics())

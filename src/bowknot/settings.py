@@ -184,6 +184,10 @@ SETTINGS: tuple[Setting, ...] = (
             "sent; they wait for the end. Empty means none."),
     Setting("survey_default_timezone", "UTC", "Time zone for quiet hours when a person has no "
             "timezone trait."),
+    Setting("followup_rule", "nps<=6, csat<=2, ces<=3", "Answers that open a follow-up case "
+            "(KIND<=N, comma-separated; empty means none)."),
+    Setting("followup_due_hours", 48, "A follow-up case is due this many hours after it "
+            "opens.", int),
     Setting("smtp_host", "127.0.0.1", "SMTP server for survey e-mails."),
     Setting("smtp_port", 25, "SMTP server port.", int),
     Setting("smtp_starttls", False, "Use STARTTLS with the SMTP server.", bool),

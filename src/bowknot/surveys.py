@@ -389,8 +389,9 @@ class Surveys:
             self._exec("""UPDATE survey_invitations SET answered_at = ?, score = ?,
                 commented_at = CASE WHEN ? THEN ? END WHERE invitation_id = ?""",
                        [now, score, why is not None, now, inv["invitation_id"]])
-        return {"state": "recorded", "invitation": {**inv, "score": score,
-                                                    "commented": why is not None}}
+        case = self.ws.cases.on_answer(inv, survey["kind"], score, why)
+        return {"state": "recorded", "case_id": case["case_id"] if case else None,
+                "invitation": {**inv, "score": score, "commented": why is not None}}
 
     def comment(self, token: str, why: str, csrf: str | None = None) -> dict[str, Any]:
         """Add the "why" after the score (once)."""

@@ -187,6 +187,41 @@ async def impact(request: Request, campaign_id: str, within_days: float = 3.0,
         ws, campaign_id, within_days=within_days, survey_id=survey_id)))
 
 
+class CaseIn(BaseModel):
+    owner: str | None = Field(None, description="assign to this owner")
+    note: str | None = Field(None, description="add this note")
+    close: str | None = Field(None, description="close with this resolution")
+
+
+@router.get("/cases", summary="Follow-up cases by due date")
+async def list_cases(request: Request, status: str | None = "open",
+                     person: str | None = None) -> JSONResponse:
+    ws = _ws(request)
+    return _json(await run_in_threadpool(ws.cases.list, status, person))
+
+
+@router.get("/cases/{case_id}", summary="A follow-up case with its notes")
+async def get_case(request: Request, case_id: str) -> JSONResponse:
+    return _json(await run_in_threadpool(_ws(request).cases.get, case_id))
+
+
+@router.post("/cases/{case_id}", summary="Assign, add a note to, or close a case")
+async def update_case(request: Request, case_id: str, body: CaseIn) -> JSONResponse:
+    ws = _ws(request)
+
+    def apply() -> dict[str, Any]:
+        case = ws.cases.get(case_id)
+        if body.owner is not None:
+            case = ws.cases.assign(case_id, body.owner)
+        if body.note is not None:
+            case = ws.cases.note(case_id, body.note)
+        if body.close is not None:
+            case = ws.cases.close(case_id, body.close)
+        return case
+
+    return _json(await run_in_threadpool(apply))
+
+
 @router.get("/webhooks/dead-letters", summary="Webhook deliveries that failed every attempt")
 async def dead_letters(request: Request) -> JSONResponse:
     return _json(await run_in_threadpool(webhooks.dead_letters, _ws(request)))

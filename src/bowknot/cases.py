@@ -1,0 +1,170 @@
+"""Closing the loop: a detractor's answer opens a follow-up case on the person.
+
+A rule (setting ``followup_rule``, e.g. ``nps<=6, csat<=2, ces<=3``) decides which answers
+open a case. A case has an owner, a status, a due date (``followup_due_hours``) and notes;
+opening, assigning, each note and closing are events on the person's timeline
+(``case_opened``, ``case_assigned``, ``case_note``, ``case_closed``), so "time to follow up" and
+"NPS after follow-up" are measured like anything else (``Cases.metrics``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .errors import NotFound, ValidationError
+from .store.engine import run
+
+DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS cases (
+        case_id VARCHAR, person_id VARCHAR, survey_id VARCHAR, invitation_id VARCHAR,
+        score INTEGER, why VARCHAR, opened_at TIMESTAMP, due_at TIMESTAMP, owner VARCHAR,
+        status VARCHAR, notes JSON, closed_at TIMESTAMP, resolution VARCHAR)""",
+)
+
+_RULE = re.compile(r"^\s*(nps|csat|ces|custom)\s*(<=|<|>=|>|=)\s*(\d+)\s*$")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def parse_rule(text: str) -> list[tuple[str, str, int]]:
+    """``"nps<=6, csat<=2"`` -> [("nps", "<=", 6), ("csat", "<=", 2)]."""
+    out = []
+    for part in (p for p in text.split(",") if p.strip()):
+        m = _RULE.match(part)
+        if not m:
+            raise ValidationError(
+                f"followup_rule: {part.strip()!r} is not KIND<=N (kinds nps, csat, ces, "
+                "custom; operators <= < >= > =), e.g. 'nps<=6, csat<=2'.",
+                setting="followup_rule")
+        out.append((m.group(1), m.group(2), int(m.group(3))))
+    return out
+
+
+def matches(rules: list[tuple[str, str, int]], kind: str, score: int) -> bool:
+    ops = {"<=": score.__le__, "<": score.__lt__, ">=": score.__ge__, ">": score.__gt__,
+           "=": score.__eq__}
+    return any(k == kind and ops[op](n) for k, op, n in rules)
+
+
+class Cases:
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self._lock = threading.Lock()
+
+    def _q(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.ws.store.query(sql, params)
+        return rows
+
+    def _exec(self, sql: str, params: list[Any] | None = None) -> None:
+        run(self.ws.store.cursor(), sql, params)
+
+    def _event(self, case: dict[str, Any], event: str, message_id: str,
+               properties: dict[str, Any]) -> None:
+        inv = self._q("SELECT user_id, anonymous_id, email FROM survey_invitations "
+                      "WHERE invitation_id = ?", [case["invitation_id"]])
+        who = inv[0] if inv else {"user_id": None, "anonymous_id": None, "email": None}
+        payload: dict[str, Any] = {"event": event, "messageId": message_id,
+                                   "properties": {"case_id": case["case_id"], **properties}}
+        if who["user_id"]:
+            payload["userId"] = who["user_id"]
+        else:
+            payload["anonymousId"] = who["anonymous_id"] or f"case-{case['case_id']}"
+        self.ws.send("track", payload, source="cases")
+
+    # -- opening (called when an answer is recorded) -------------------------------------------
+    def on_answer(self, invitation: dict[str, Any], kind: str, score: int,
+                  why: str | None) -> dict[str, Any] | None:
+        """Open a case if the rule says this answer needs one (once per invitation)."""
+        if not matches(parse_rule(self.ws.settings.followup_rule), kind, score):
+            return None
+        with self._lock:
+            found = self._q("SELECT * FROM cases WHERE invitation_id = ?",
+                            [invitation["invitation_id"]])
+            if found:
+                return found[0]
+            now = _now()
+            case_id = "case_" + uuid.uuid4().hex[:12]
+            due = now + timedelta(hours=self.ws.settings.followup_due_hours)
+            self._exec("""INSERT INTO cases VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 'open', '[]',
+                          NULL, NULL)""",
+                       [case_id, invitation["person_id"], invitation["survey_id"],
+                        invitation["invitation_id"], score, why, now, due])
+            case = self.get(case_id)
+        self._event(case, "case_opened", f"case-open-{case_id}", {
+            "survey_id": invitation["survey_id"], "score": score, "due_at": due.isoformat()})
+        return case
+
+    # -- working a case ----------------------------------------------------------------------
+    def get(self, case_id: str) -> dict[str, Any]:
+        rows = self._q("SELECT * FROM cases WHERE case_id = ?", [case_id])
+        if not rows:
+            raise NotFound(f"No case {case_id!r}; `bowknot cases list` shows them.",
+                           case_id=case_id)
+        case = rows[0]
+        case["notes"] = json.loads(case["notes"] or "[]")
+        case["overdue"] = case["status"] == "open" and case["due_at"] < _now()
+        return case
+
+    def list(self, status: str | None = "open", person: str | None = None,
+             limit: int = 100) -> list[dict[str, Any]]:
+        pid = self.ws.persons.resolve(person) if person else None
+        return self._q("""SELECT case_id, person_id, survey_id, score, why, opened_at, due_at,
+                owner, status, closed_at, status = 'open' AND due_at < ? AS overdue
+            FROM cases WHERE (? IS NULL OR status = ?) AND (? IS NULL OR person_id = ?)
+            ORDER BY due_at LIMIT ?""", [_now(), status, status, pid, pid, limit])
+
+    def assign(self, case_id: str, owner: str) -> dict[str, Any]:
+        if not owner.strip():
+            raise ValidationError("Give the owner's name or e-mail.")
+        case = self.get(case_id)
+        self._exec("UPDATE cases SET owner = ? WHERE case_id = ?", [owner.strip(), case_id])
+        self._event(case, "case_assigned", f"case-assign-{uuid.uuid4().hex[:12]}",
+                    {"owner": owner.strip()})
+        return self.get(case_id)
+
+    def note(self, case_id: str, text: str, author: str | None = None) -> dict[str, Any]:
+        if not text.strip():
+            raise ValidationError("A note needs some text.")
+        case = self.get(case_id)
+        note = {"at": _now().isoformat(), "author": author, "text": text.strip()[:5000]}
+        self._exec("UPDATE cases SET notes = ? WHERE case_id = ?",
+                   [json.dumps([*case["notes"], note], ensure_ascii=False), case_id])
+        self._event(case, "case_note", f"case-note-{uuid.uuid4().hex[:12]}",
+                    {"author": author, "text": note["text"]})
+        return self.get(case_id)
+
+    def close(self, case_id: str, resolution: str) -> dict[str, Any]:
+        case = self.get(case_id)
+        if case["status"] == "closed":
+            raise ValidationError(f"Case {case_id} is already closed.", case_id=case_id)
+        now = _now()
+        self._exec("""UPDATE cases SET status = 'closed', closed_at = ?, resolution = ?
+                      WHERE case_id = ?""", [now, resolution.strip() or None, case_id])
+        hours = (now - case["opened_at"]).total_seconds() / 3600
+        self._event(case, "case_closed", f"case-close-{case_id}", {
+            "resolution": resolution.strip() or None, "hours_to_close": round(hours, 3),
+            "on_time": now <= case["due_at"]})
+        return self.get(case_id)
+
+    def metrics(self) -> dict[str, Any]:
+        """Time to follow up, and the NPS of answers given after a case was closed."""
+        from .surveys import nps
+
+        timing = self._q("""SELECT count(*) AS cases, count(closed_at) AS closed,
+                count_if(status = 'open' AND due_at < ?) AS overdue,
+                median(epoch(closed_at - opened_at) / 3600) AS median_hours_to_close,
+                count_if(closed_at <= due_at) AS closed_on_time FROM cases""", [_now()])[0]
+        after = self._q("""SELECT count(*) AS n, count_if(score >= 9) AS p,
+                count_if(score <= 6) AS d FROM (
+              SELECT TRY_CAST(e.properties->>'score' AS INTEGER) AS score
+              FROM person_events e JOIN cases c ON c.person_id = e.person_id
+              WHERE e.event = 'survey_answered' AND c.closed_at IS NOT NULL
+                AND e.timestamp > c.closed_at AND e.properties->>'kind' = 'nps')""")[0]
+        return {**timing, "nps_after_follow_up": nps(after["p"], after["d"], after["n"])}
