@@ -219,3 +219,37 @@ def cli(*args: str) -> str:
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def test_retention_triangle_by_week(analyse: Analyse, ws: bowknot.Workspace) -> None:
+    # 2026-01-01 is a Thursday: week of Mon 2025-12-29. u1 books in weeks 0, 1 and 3;
+    # u2 in week 0 and 2; u3 (first booking in week 1) in weeks 1 and 2.
+    day = 24.0
+    seed(ws, [("u1", "Booking Completed", 0, {}), ("u1", "Booking Completed", 5 * day, {}),
+              ("u1", "Booking Completed", 19 * day, {}), ("u2", "Booking Completed", 1, {}),
+              ("u2", "Booking Completed", 12 * day, {}), ("u3", "Booking Completed", 6 * day, {}),
+              ("u3", "Booking Completed", 13 * day, {}), ("u3", "Page Seen", 20 * day, {})])
+    result = analyse(ws).retention("Booking Completed", period="week", periods=4)
+    rows = [(str(r["cohort"])[:10], r["period"], r["persons"], r["returned"])
+            for r in result.rows()]
+    assert rows == [("2025-12-29", 0, 2, 2), ("2025-12-29", 1, 2, 1), ("2025-12-29", 2, 2, 1),
+                    ("2025-12-29", 3, 2, 1), ("2026-01-05", 0, 1, 1), ("2026-01-05", 1, 1, 1)]
+    by = {(str(r["cohort"])[:10], r["period"]): r for r in result.rows()}
+    assert by[("2025-12-29", 1)]["rate"] == 0.5
+    assert by[("2025-12-29", 3)]["complete"] is False  # the data ends inside that week
+    assert by[("2025-12-29", 1)]["complete"] is True
+    monthly = analyse(ws).retention("Booking Completed", "Page Seen", period="month")
+    assert [(r["period"], r["returned"]) for r in monthly.rows()] == [(0, 3)]
+    with pytest.raises(ValidationError, match="day, week or month"):
+        analyse(ws).retention("Booking Completed", period="year")
+
+
+def test_cli_retention(tmp_path: Path) -> None:
+    db = str(tmp_path / "w.duckdb")
+    with bowknot.connect(db) as ws:
+        seed(ws, [("u1", "Booking Completed", 0, {}), ("u1", "Booking Completed", 200, {})])
+    out = CliRunner().invoke(main, ["retention", "Booking Completed", "--period", "week",
+                                    "--csv", "--db", db])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[0] == "cohort,period,persons,returned,complete,rate"
+    assert len(out.output.splitlines()) == 3

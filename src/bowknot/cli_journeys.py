@@ -72,6 +72,30 @@ def funnel(steps: tuple[str, ...], within: str, order: str, entry: str,
     _emit(result, as_json, as_csv, f"funnel within {within}")
 
 
+@main.command()
+@click.argument("start")
+@click.argument("back", required=False)
+@click.option("--period", type=click.Choice(["day", "week", "month"]), default="week",
+              show_default=True)
+@click.option("--periods", default=8, show_default=True, type=int)
+@engine_option
+@db_option
+@format_json
+@format_csv
+def retention(start: str, back: str | None, period: str, periods: int, engine: str, db: Path,
+              as_json: bool, as_csv: bool) -> None:
+    """Cohorts by the period of each person's first START; how many did BACK (default: START
+    again) in each later period, e.g. bowknot retention "Booking Completed" --period month"""
+    with workspace(db) as ws:
+        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
+        try:
+            result = journeys.retention(start, back, period=period, periods=periods)
+        finally:
+            if journeys is not ws.journeys:
+                journeys.close()
+    _emit(result, as_json, as_csv, f"retention by {period}")
+
+
 @main.group()
 def cohort() -> None:
     """Cohorts: "did A but not B within T", saved by name."""

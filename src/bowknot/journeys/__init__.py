@@ -18,6 +18,7 @@ from .cohorts import Cohort, CohortResult, Cohorts
 from .engine import ENGINES, DuckDBEngine, Engine, SparkEngine, engine, spark_session
 from .funnels import Exclusion, Funnel, FunnelResult, StepSpec
 from .results import Result
+from .retention import Retention
 from .steps import Step
 
 if TYPE_CHECKING:
@@ -68,12 +69,20 @@ class Journeys:
             self.cohorts.save(save_as, result)
         return result
 
+    def retention(self, start: StepSpec, back: StepSpec | None = None, *,
+                  period: str = "week", periods: int = 8) -> Result:
+        """Cohorts by the period of each person's first ``start``; how many did ``back`` (by
+        default ``start`` again) in each later period. See :mod:`.retention`."""
+        question = Retention(start, back, period=period, periods=periods)
+        self._ready()
+        return question.run(self.engine)
+
     def close(self) -> None:
         self.engine.close()
 
 
 __all__ = [
     "ENGINES", "Cohort", "CohortResult", "Cohorts", "DuckDBEngine", "Engine", "Exclusion",
-    "Funnel", "FunnelResult", "Journeys", "Result", "SparkEngine", "Step", "engine",
+    "Funnel", "FunnelResult", "Journeys", "Result", "Retention", "SparkEngine", "Step", "engine",
     "spark_session",
 ]
