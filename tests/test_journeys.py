@@ -253,3 +253,29 @@ def test_cli_retention(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     assert out.output.splitlines()[0] == "cohort,period,persons,returned,complete,rate"
     assert len(out.output.splitlines()) == 3
+
+
+def test_transition_graph_collapses_repeats(analyse: Analyse, ws: bowknot.Workspace) -> None:
+    # u1: Checkout Checkout Payment Checkout Payment Done (a checkout loop);
+    # u2: Checkout Payment Done.
+    seed(ws, [("u1", "Checkout", 0, {}), ("u1", "Checkout", 0.1, {}), ("u1", "Payment", 0.5, {}),
+              ("u1", "Checkout", 1.0, {}), ("u1", "Payment", 1.5, {}), ("u1", "Done", 2.5, {}),
+              ("u2", "Checkout", 0, {}), ("u2", "Payment", 1.0, {}), ("u2", "Done", 2.0, {})])
+    rows = {(r["from"], r["to"]): r for r in analyse(ws).transitions().rows()}
+    assert set(rows) == {("Checkout", "Payment"), ("Payment", "Checkout"), ("Payment", "Done")}
+    cp = rows[("Checkout", "Payment")]
+    assert (cp["transitions"], cp["persons"], cp["probability_out"]) == (3, 2, 1.0)
+    assert cp["probability_in"] == 1.0
+    pc, pd = rows[("Payment", "Checkout")], rows[("Payment", "Done")]
+    assert pc["probability_out"] == pytest.approx(1 / 3) and pd["probability_out"] == (
+        pytest.approx(2 / 3))
+    assert pd["median_seconds"] == pytest.approx(3600)
+    raw = {(r["from"], r["to"]): r["transitions"]
+           for r in analyse(ws).transitions(collapse=False).rows()}
+    assert raw[("Checkout", "Checkout")] == 1
+    top = analyse(ws).transitions(top=1).rows()
+    assert [(r["from"], r["to"]) for r in top] == [("Checkout", "Payment")]
+    only = analyse(ws).transitions(events=["Checkout", "Done"]).rows()
+    assert {(r["from"], r["to"]) for r in only} == {("Checkout", "Done")}
+    with pytest.raises(ValidationError):
+        analyse(ws).transitions(top=0)

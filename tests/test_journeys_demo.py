@@ -83,3 +83,14 @@ def test_spark_gives_the_same_answers_on_the_demo(demo_ws: bowknot.Workspace,
         assert a.to_arrow().equals(b.to_arrow()) and a.extra == b.extra
     finally:
         spark.close()
+
+
+def test_the_checkout_loop_shows_in_the_transition_graph(demo_ws: bowknot.Workspace) -> None:
+    """The demo plants a checkout loop (/checkout -> /payment 2-4 times) in 15 % of checkout
+    visits: the graph must show payment -> checkout edges, within the same visit (a minute
+    apart), a clear minority of the ways out of the payment page."""
+    rows = {(r["from"], r["to"]): r for r in demo_ws.journeys.transitions().rows()}
+    back = rows[("page:Payment", "page:Checkout")]
+    assert back["persons"] > 50 and 0.1 < back["probability_out"] < 0.4
+    assert back["median_seconds"] < 300
+    assert rows[("page:Checkout", "page:Payment")]["probability_out"] > 0.95

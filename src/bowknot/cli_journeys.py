@@ -96,6 +96,30 @@ def retention(start: str, back: str | None, period: str, periods: int, engine: s
     _emit(result, as_json, as_csv, f"retention by {period}")
 
 
+@main.command()
+@click.option("--event", "events", multiple=True,
+              help="Only these steps (repeatable); others are left out before pairing.")
+@click.option("--keep-repeats", is_flag=True, help="Do not collapse repeated steps.")
+@click.option("--top", default=20, show_default=True, type=int, help="Most taken edges.")
+@engine_option
+@db_option
+@format_json
+@format_csv
+def transitions(events: tuple[str, ...], keep_repeats: bool, top: int, engine: str, db: Path,
+                as_json: bool, as_csv: bool) -> None:
+    """The transition graph: for each pair of consecutive steps, how often, by how many
+    persons, probability out and in, median time between them."""
+    with workspace(db) as ws:
+        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
+        try:
+            result = journeys.transitions(events=list(events) or None,
+                                          collapse=not keep_repeats, top=top)
+        finally:
+            if journeys is not ws.journeys:
+                journeys.close()
+    _emit(result, as_json, as_csv, "transitions")
+
+
 @main.group()
 def cohort() -> None:
     """Cohorts: "did A but not B within T", saved by name."""

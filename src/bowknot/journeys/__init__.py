@@ -17,6 +17,7 @@ from ..errors import BowknotError
 from .cohorts import Cohort, CohortResult, Cohorts
 from .engine import ENGINES, DuckDBEngine, Engine, SparkEngine, engine, spark_session
 from .funnels import Exclusion, Funnel, FunnelResult, StepSpec
+from .paths import Transitions
 from .results import Result
 from .retention import Retention
 from .steps import Step
@@ -77,12 +78,19 @@ class Journeys:
         self._ready()
         return question.run(self.engine)
 
+    def transitions(self, *, events: Sequence[str] | None = None, collapse: bool = True,
+                    top: int | None = None) -> Result:
+        """The transition graph between steps (see :mod:`.paths`)."""
+        question = Transitions(events=events, collapse=collapse, top=top)
+        self._ready()
+        return question.run(self.engine)
+
     def close(self) -> None:
         self.engine.close()
 
 
 __all__ = [
     "ENGINES", "Cohort", "CohortResult", "Cohorts", "DuckDBEngine", "Engine", "Exclusion",
-    "Funnel", "FunnelResult", "Journeys", "Result", "Retention", "SparkEngine", "Step", "engine",
-    "spark_session",
+    "Funnel", "FunnelResult", "Journeys", "Result", "Retention", "SparkEngine", "Step",
+    "Transitions", "engine", "spark_session",
 ]
