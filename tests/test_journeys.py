@@ -279,3 +279,38 @@ def test_transition_graph_collapses_repeats(analyse: Analyse, ws: bowknot.Worksp
     assert {(r["from"], r["to"]) for r in only} == {("Checkout", "Done")}
     with pytest.raises(ValidationError):
         analyse(ws).transitions(top=0)
+
+
+def test_touchpoints_last_touch_before_each_outcome(analyse: Analyse,
+                                                     ws: bowknot.Workspace) -> None:
+    def touch(channel: str, campaign: str) -> dict[str, Any]:
+        return {"channel": channel, "campaign_id": campaign}
+
+    seed(ws, [
+        ("u1", "Campaign Sent", 0, touch("email", "free-day")),
+        ("u1", "Campaign Clicked", 1, touch("email", "free-day")),
+        ("u1", "survey_answered", 5, {"score": 2}),
+        ("u2", "Campaign Sent", 0, touch("sms", "deal")),
+        ("u2", "Campaign Clicked", 2, touch("email", "free-day")),  # the last touch wins
+        ("u2", "survey_answered", 3, {"score": 4}),
+        ("u3", "Campaign Sent", 0, touch("sms", "deal")),
+        ("u3", "survey_answered", 4, {"score": 10}),
+        ("u4", "Campaign Sent", 0, touch("push", "summer")),
+        ("u4", "survey_answered", 24 * 9, {"score": 9}),  # 9 days later: outside 7 days
+    ])
+    ws.ingest([{"type": "page", "userId": "u5", "name": "Home", "messageId": "utm",
+                "timestamp": at(0), "context": {"campaign": {"source": "google",
+                                                             "name": "brand"}}},
+               {"type": "track", "userId": "u5", "event": "survey_answered", "messageId": "a5",
+                "timestamp": at(1), "properties": {"score": 7}}])
+    ws.build()
+    rows = {(r["channel"], r["campaign"]): r for r in analyse(ws).touchpoints(
+        "survey_answered", within="7d", value="score").rows()}
+    assert rows[("email", "free-day")]["outcomes"] == 2
+    assert rows[("email", "free-day")]["nps"] == -100.0
+    assert rows[("email", "free-day")]["mean_value"] == 3.0
+    assert rows[("sms", "deal")]["nps"] == 100.0
+    assert rows[("google", "brand")]["outcomes"] == 1
+    assert rows[(None, None)]["outcomes"] == 1  # u4's answer came too late after the touch
+    plain = analyse(ws).touchpoints("survey_answered", within="1h").rows()
+    assert "nps" not in plain[0]

@@ -120,6 +120,30 @@ def transitions(events: tuple[str, ...], keep_repeats: bool, top: int, engine: s
     _emit(result, as_json, as_csv, "transitions")
 
 
+@main.command()
+@click.argument("outcome")
+@click.option("--within", default="7d", show_default=True,
+              help="How long before the outcome a touch counts: 90s, 30m, 48h, 3d, 2w.")
+@click.option("--value", default=None, help="A numeric property of the outcome to average "
+              "(score: also the NPS per touch).")
+@engine_option
+@db_option
+@format_json
+@format_csv
+def touchpoints(outcome: str, within: str, value: str | None, engine: str, db: Path,
+                as_json: bool, as_csv: bool) -> None:
+    """OUTCOME events grouped by the last marketing touch before each, e.g.
+    bowknot touchpoints survey_answered --value score"""
+    with workspace(db) as ws:
+        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
+        try:
+            result = journeys.touchpoints(outcome, within=within, value=value)
+        finally:
+            if journeys is not ws.journeys:
+                journeys.close()
+    _emit(result, as_json, as_csv, f"{outcome} by last touch within {within}")
+
+
 @main.group()
 def cohort() -> None:
     """Cohorts: "did A but not B within T", saved by name."""

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BowknotError
+from ..identity import split_list
 from .cohorts import Cohort, CohortResult, Cohorts
 from .engine import ENGINES, DuckDBEngine, Engine, SparkEngine, engine, spark_session
 from .funnels import Exclusion, Funnel, FunnelResult, StepSpec
@@ -21,6 +22,7 @@ from .paths import Transitions
 from .results import Result
 from .retention import Retention
 from .steps import Step
+from .touchpoints import Touchpoints
 
 if TYPE_CHECKING:
     from ..workspace import Workspace
@@ -85,6 +87,15 @@ class Journeys:
         self._ready()
         return question.run(self.engine)
 
+    def touchpoints(self, outcome: StepSpec, *, within: str | int | timedelta = "7d",
+                    value: str | None = None) -> Result:
+        """Outcomes grouped by the last marketing touch before them (see
+        :mod:`.touchpoints`); ``value="score"`` adds the mean and the NPS per touch."""
+        question = Touchpoints(outcome, within=within, value=value,
+                               touch_events=split_list(self.ws.settings.touch_events))
+        self._ready()
+        return question.run(self.engine)
+
     def close(self) -> None:
         self.engine.close()
 
@@ -92,5 +103,5 @@ class Journeys:
 __all__ = [
     "ENGINES", "Cohort", "CohortResult", "Cohorts", "DuckDBEngine", "Engine", "Exclusion",
     "Funnel", "FunnelResult", "Journeys", "Result", "Retention", "SparkEngine", "Step",
-    "Transitions", "engine", "spark_session",
+    "Touchpoints", "Transitions", "engine", "spark_session",
 ]

@@ -1,0 +1,83 @@
+"""Touchpoints: for every outcome event (an NPS answer, a booking), the last marketing touch
+of the same person within a window before it, and any metric grouped by that touch.
+
+A touch is one of the ``touch_events`` (by default Campaign Sent / Opened / Clicked, whose
+properties name the ``channel`` and ``campaign_id``) or a visit with UTM parameters
+(``context.campaign.source`` and ``.name``). Outcomes without a touch in the window are
+grouped under ``channel = campaign = None``. With ``value`` (a numeric property of the
+outcome, e.g. ``score``) each group gets its mean, and for 0-10 scores its NPS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+
+from ..errors import ValidationError
+from .engine import Engine
+from .results import Result
+from .steps import KEY, Step, seconds
+
+
+class Touchpoints:
+    def __init__(self, outcome: str | Step | Mapping[str, Any], *,
+                 within: str | int | timedelta = "7d", value: str | None = None,
+                 touch_events: Sequence[str] = ("Campaign Sent", "Campaign Opened",
+                                                "Campaign Clicked")) -> None:
+        self.outcome = Step.of(outcome)
+        self.within = seconds(within)
+        if value is not None and not KEY.match(value):
+            raise ValidationError(f"value {value!r}: a property name of the outcome event, "
+                                  "e.g. 'score' or 'revenue'.", code="invalid_value")
+        self.value = value
+        self.touch_events = list(touch_events)
+
+    def params(self) -> dict[str, Any]:
+        return {"outcome": str(self.outcome), "within_seconds": self.within,
+                "value": self.value, "touch_events": self.touch_events}
+
+    def query(self, engine: Engine) -> ir.Table:
+        ev = engine.events()
+        o = ev.filter(self.outcome.predicate(engine, ev))
+        value = (engine.json_text(o.properties, f"$.{self.value}").cast("float64")
+                 if self.value else ibis.literal(None, "float64"))
+        o = o.select(opid=o.person_id, ots=o.ts, oseq=o.seq, value=value)
+        utm = engine.json_text(ev.context, "$.campaign.name")
+        t = ev.filter(ev.event.isin(self.touch_events) | utm.notnull())
+        t = t.select(
+            tpid=t.person_id, tts=t.ts, tseq=t.seq,
+            channel=engine.json_text(t.properties, "$.channel").coalesce(
+                engine.json_text(t.context, "$.campaign.source")),
+            campaign=engine.json_text(t.properties, "$.campaign_id").coalesce(
+                engine.json_text(t.context, "$.campaign.name")))
+        j = o.left_join(t, [o.opid == t.tpid, t.tts <= o.ots,
+                            t.tts >= o.ots - ibis.interval(seconds=self.within)])
+        latest = ibis.window(group_by=[j.opid, j.ots, j.oseq],
+                             order_by=[ibis.desc(j.tts), ibis.desc(j.tseq)])
+        j = j.mutate(rank=ibis.row_number().over(latest))
+        j = j.filter(j.rank == 0)
+        return j.group_by([j.channel, j.campaign]).aggregate(
+            outcomes=j.count(), persons=j.opid.nunique(), mean_value=j.value.mean(),
+            promoters=(j.value >= 9).sum(), detractors=(j.value <= 6).sum(),
+            answered=j.value.count())
+
+    def run(self, engine: Engine) -> Result:
+        table = engine.to_arrow(self.query(engine))
+        table = table.sort_by([("outcomes", "descending"), ("channel", "ascending"),
+                               ("campaign", "ascending")])
+        if self.value is not None:
+            p = table.column("promoters").to_numpy(zero_copy_only=False).astype("float64")
+            d = table.column("detractors").to_numpy(zero_copy_only=False).astype("float64")
+            n = table.column("answered").to_numpy(zero_copy_only=False).astype("float64")
+            with_n = n > 0
+            nps = [round(100 * (pi - di) / ni, 1) if ok else None
+                   for pi, di, ni, ok in zip(p, d, n, with_n, strict=True)]
+            table = table.append_column("nps", pa.array(nps, pa.float64()))
+        else:
+            table = table.drop_columns(["mean_value", "promoters", "detractors", "answered"])
+        return Result("touchpoints", self.params(), table, engine=engine.name)
