@@ -94,3 +94,12 @@ def test_the_checkout_loop_shows_in_the_transition_graph(demo_ws: bowknot.Worksp
     assert back["persons"] > 50 and 0.1 < back["probability_out"] < 0.4
     assert back["median_seconds"] < 300
     assert rows[("page:Checkout", "page:Payment")]["probability_out"] > 0.95
+
+
+def test_nps_by_last_touch_singles_out_the_broken_promise(demo_ws: bowknot.Workspace) -> None:
+    rows = {(r["channel"], r["campaign"]): r for r in demo_ws.journeys.touchpoints(
+        "survey_answered", within="5d", value="score").rows()}
+    free_day = rows[("email", "free-day-downtown")]
+    summer = rows[("email", "summer-weekend")]
+    assert free_day["answered"] > 100 and summer["answered"] > 30
+    assert free_day["nps"] < -20 < summer["nps"]
