@@ -314,3 +314,29 @@ def test_touchpoints_last_touch_before_each_outcome(analyse: Analyse,
     assert rows[(None, None)]["outcomes"] == 1  # u4's answer came too late after the touch
     plain = analyse(ws).touchpoints("survey_answered", within="1h").rows()
     assert "nps" not in plain[0]
+
+
+def test_bowtie_report(analyse: Analyse, ws: bowknot.Workspace) -> None:
+    utm = {"campaign": {"source": "google", "medium": "cpc", "name": "brand"}}
+    events = [
+        {"type": "page", "anonymousId": "a1", "name": "Home", "context": utm},
+        {"type": "identify", "userId": "u1", "anonymousId": "a1"},
+        {"type": "track", "userId": "u1", "event": "Booking Completed"},
+        {"type": "track", "userId": "u1", "event": "Booking Completed"},
+        {"type": "page", "anonymousId": "a2", "name": "Home", "context": utm},
+        {"type": "identify", "userId": "u2", "anonymousId": "a2"},
+        {"type": "page", "anonymousId": "a3", "name": "Home"},
+        {"type": "page", "anonymousId": "a4", "name": "Home"},
+        {"type": "identify", "userId": "u4", "anonymousId": "a4"},
+        {"type": "track", "userId": "u4", "event": "Booking Completed"},
+    ]
+    ws.ingest([{**e, "messageId": f"b{i}", "timestamp": at(i)} for i, e in enumerate(events)])
+    ws.build()
+    rows = {r["channel"]: r for r in analyse(ws).bowtie().rows()}
+    g, d = rows["google"], rows["direct"]
+    assert (g["visitors"], g["known"], g["customers"], g["repeat_customers"]) == (2, 2, 1, 1)
+    assert (d["visitors"], d["known"], d["customers"], d["repeat_customers"]) == (2, 1, 1, 0)
+    assert g["customer_rate"] == 0.5 and d["known_rate"] == 0.5 and d["repeat_rate"] == 0.0
+    total = analyse(ws).bowtie(by="none").rows()
+    assert [(r["visitors"], r["known"], r["customers"]) for r in total] == [(4, 3, 2)]
+    assert [r["month"] for r in analyse(ws).bowtie(by="month").rows()] == ["2026-01"]

@@ -103,3 +103,14 @@ def test_nps_by_last_touch_singles_out_the_broken_promise(demo_ws: bowknot.Works
     summer = rows[("email", "summer-weekend")]
     assert free_day["answered"] > 100 and summer["answered"] > 30
     assert free_day["nps"] < -20 < summer["nps"]
+
+
+def test_bowtie_on_the_demo(demo_ws: bowknot.Workspace) -> None:
+    """55 % of persons become known (25 % existing customers + 30 % sign-ups); the shares of
+    acquisition channels follow the planted ones."""
+    [total] = demo_ws.journeys.bowtie(by="none").rows()
+    assert 0.45 < total["known_rate"] < 0.65
+    assert total["customers"] > total["repeat_customers"] > 0
+    rows = {r["channel"]: r["visitors"] for r in demo_ws.journeys.bowtie().rows()}
+    share = rows["google"] / sum(rows.values())
+    assert 0.25 < share < 0.45  # planted: 35 %

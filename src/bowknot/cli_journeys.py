@@ -144,6 +144,25 @@ def touchpoints(outcome: str, within: str, value: str | None, engine: str, db: P
     _emit(result, as_json, as_csv, f"{outcome} by last touch within {within}")
 
 
+@main.command()
+@click.option("--by", type=click.Choice(["channel", "month", "none"]), default="channel",
+              show_default=True, help="Acquisition channel, month first seen, or in all.")
+@engine_option
+@db_option
+@format_json
+@format_csv
+def bowtie(by: str, engine: str, db: Path, as_json: bool, as_csv: bool) -> None:
+    """The bow tie: visitors -> known -> customers -> repeat customers, with conversions."""
+    with workspace(db) as ws:
+        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
+        try:
+            result = journeys.bowtie(by=by)
+        finally:
+            if journeys is not ws.journeys:
+                journeys.close()
+    _emit(result, as_json, as_csv, f"the bow tie by {by}")
+
+
 @main.group()
 def cohort() -> None:
     """Cohorts: "did A but not B within T", saved by name."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BowknotError
 from ..identity import split_list
+from .bowtie import BowTie
 from .cohorts import Cohort, CohortResult, Cohorts
 from .engine import ENGINES, DuckDBEngine, Engine, SparkEngine, engine, spark_session
 from .funnels import Exclusion, Funnel, FunnelResult, StepSpec
@@ -96,12 +97,19 @@ class Journeys:
         self._ready()
         return question.run(self.engine)
 
+    def bowtie(self, by: str = "channel") -> Result:
+        """Visitors -> known -> customers -> repeat customers, by acquisition channel, by the
+        month first seen, or in all (``by="none"``). See :mod:`.bowtie`."""
+        question = BowTie(self.ws.settings.booking_event, by=by)
+        self._ready()
+        return question.run(self.engine)
+
     def close(self) -> None:
         self.engine.close()
 
 
 __all__ = [
-    "ENGINES", "Cohort", "CohortResult", "Cohorts", "DuckDBEngine", "Engine", "Exclusion",
+    "ENGINES", "BowTie", "Cohort", "CohortResult", "Cohorts", "DuckDBEngine", "Engine", "Exclusion",
     "Funnel", "FunnelResult", "Journeys", "Result", "Retention", "SparkEngine", "Step",
     "Touchpoints", "Transitions", "engine", "spark_session",
 ]
