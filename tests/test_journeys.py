@@ -340,3 +340,36 @@ def test_bowtie_report(analyse: Analyse, ws: bowknot.Workspace) -> None:
     total = analyse(ws).bowtie(by="none").rows()
     assert [(r["visitors"], r["known"], r["customers"]) for r in total] == [(4, 3, 2)]
     assert [r["month"] for r in analyse(ws).bowtie(by="month").rows()] == ["2026-01"]
+
+
+def test_journeys_http_api(ws: bowknot.Workspace, admin_token: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from bowknot.server import create_app
+
+    seed(ws, [("u1", "Campaign Clicked", 0, {"campaign_id": "c1", "channel": "email"}),
+              ("u1", "Booking Completed", 1, {}), ("u2", "Campaign Clicked", 0, {}),
+              ("u2", "Page Seen", 30, {})])
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    with TestClient(create_app(ws)) as client:
+        assert client.get("/v1/journeys/bowtie").status_code == 401
+        f = client.get("/v1/journeys/funnel", headers=auth, params={
+            "steps": ["Campaign Clicked", "Booking Completed"], "within": "3d"})
+        assert f.status_code == 200, f.text
+        assert [r["persons"] for r in f.json()["rows"]] == [2, 1]
+        c = client.post("/v1/journeys/cohorts", headers=auth, json={
+            "did": "Campaign Clicked", "did_not": "Booking Completed", "within": "3d",
+            "save_as": "no-booking"})
+        assert c.status_code == 200 and [r["person_id"] for r in c.json()["rows"]] == [
+            ws.persons.resolve("u2")]
+        assert client.get("/v1/journeys/cohorts", headers=auth).json()[0]["name"] == (
+            "no-booking")
+        for path, params in (("retention", {"start": "Campaign Clicked"}),
+                             ("transitions", {}),
+                             ("touchpoints", {"outcome": "Booking Completed"}),
+                             ("bowtie", {"by": "none"})):
+            r = client.get(f"/v1/journeys/{path}", headers=auth, params=params)
+            assert r.status_code == 200 and r.json()["rows"], (path, r.text)
+        bad = client.get("/v1/journeys/funnel", headers=auth,
+                         params={"steps": ["A", "B"], "within": "soon"})
+        assert bad.status_code == 400 and bad.json()["error"]["message"]

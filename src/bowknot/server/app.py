@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import BowknotError, Overloaded
 from ..workspace import Workspace
-from . import admin, ingest, pages, persons, surveys
+from . import admin, ingest, journeys, pages, persons, surveys
 from .auth import is_admin, require_admin
 
 
@@ -100,6 +100,7 @@ def create_app(ws: Workspace, background_build: bool = False) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(persons.router)
     app.include_router(surveys.router)
+    app.include_router(journeys.router)
     app.include_router(surveys.public)
     app.include_router(pages.router)
     return app
