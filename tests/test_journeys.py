@@ -373,3 +373,34 @@ def test_journeys_http_api(ws: bowknot.Workspace, admin_token: str) -> None:
         bad = client.get("/v1/journeys/funnel", headers=auth,
                          params={"steps": ["A", "B"], "within": "soon"})
         assert bad.status_code == 400 and bad.json()["error"]["message"]
+
+
+def test_attribution_models_and_exact_markov_removal(analyse: Analyse,
+                                                      ws: bowknot.Workspace) -> None:
+    def t(channel: str) -> dict[str, Any]:
+        return {"channel": channel, "campaign_id": f"c-{channel}"}
+
+    # u1: email sms -> booking; u2: email -> booking; u3: sms -> nothing;
+    # u4: email email(repeat) -> nothing.
+    seed(ws, [("u1", "Campaign Clicked", 0, t("email")), ("u1", "Campaign Clicked", 1, t("sms")),
+              ("u1", "Booking Completed", 2, {}), ("u1", "Campaign Clicked", 3, t("push")),
+              ("u2", "Campaign Clicked", 0, t("email")), ("u2", "Booking Completed", 1, {}),
+              ("u3", "Campaign Clicked", 0, t("sms")),
+              ("u4", "Campaign Clicked", 0, t("email")), ("u4", "Campaign Clicked", 1, t("email"))])
+    result = analyse(ws).attribution("Booking Completed")
+    rows = {r["channel"]: r for r in result.rows()}
+    assert result.extra["conversions"] == 2
+    assert (rows["email"]["first"], rows["email"]["last"], rows["email"]["linear"]) == (
+        2.0, 1.0, 1.5)
+    assert (rows["sms"]["first"], rows["sms"]["last"], rows["sms"]["linear"]) == (0.0, 1.0, 0.5)
+    assert "push" not in rows  # after the conversion: not on any path
+    # Chain: start->email 3/4, start->sms 1/4; email->sms 1/3, email->conv 1/3, email->null 1/3;
+    # sms->conv 1/2, sms->null 1/2.  P(conv) = 3/4 (1/3 + 1/3 * 1/2) + 1/4 * 1/2 = 1/2.
+    # Without email: 1/4 * 1/2 = 1/8 -> effect 3/4; without sms: 3/4 * 1/3 = 1/4 -> 1/2.
+    assert rows["email"]["removal_effect"] == pytest.approx(0.75)
+    assert rows["sms"]["removal_effect"] == pytest.approx(0.5)
+    assert rows["email"]["markov"] == pytest.approx(2 * 0.75 / 1.25)
+    assert sum(r["markov"] for r in rows.values()) == pytest.approx(2.0)
+    by_campaign = {r["campaign"] for r in analyse(ws).attribution(
+        "Booking Completed", by="campaign").rows()}
+    assert by_campaign == {"c-email", "c-sms"}

@@ -163,6 +163,28 @@ def bowtie(by: str, engine: str, db: Path, as_json: bool, as_csv: bool) -> None:
     _emit(result, as_json, as_csv, f"the bow tie by {by}")
 
 
+@main.command()
+@click.argument("conversion")
+@click.option("--by", type=click.Choice(["channel", "campaign"]), default="channel",
+              show_default=True)
+@engine_option
+@db_option
+@format_json
+@format_csv
+def attribution(conversion: str, by: str, engine: str, db: Path, as_json: bool,
+                as_csv: bool) -> None:
+    """First, last, linear and Markov (removal effect) attribution of CONVERSION, e.g.
+    bowknot attribution "Booking Completed" --by campaign"""
+    with workspace(db) as ws:
+        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
+        try:
+            result = journeys.attribution(conversion, by=by)
+        finally:
+            if journeys is not ws.journeys:
+                journeys.close()
+    _emit(result, as_json, as_csv, f"attribution of {conversion} by {by}")
+
+
 @main.group()
 def cohort() -> None:
     """Cohorts: "did A but not B within T", saved by name."""

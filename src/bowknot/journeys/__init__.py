@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BowknotError
 from ..identity import split_list
+from .attribution import Attribution
 from .bowtie import BowTie
 from .cohorts import Cohort, CohortResult, Cohorts
 from .engine import ENGINES, DuckDBEngine, Engine, SparkEngine, engine, spark_session
@@ -104,12 +105,21 @@ class Journeys:
         self._ready()
         return question.run(self.engine)
 
+    def attribution(self, conversion: StepSpec, *, by: str = "channel") -> Result:
+        """First, last, linear and Markov (removal effect) attribution of ``conversion`` to
+        channels or campaigns (see :mod:`.attribution`)."""
+        question = Attribution(conversion, by=by,
+                               touch_events=split_list(self.ws.settings.touch_events))
+        self._ready()
+        return question.run(self.engine)
+
     def close(self) -> None:
         self.engine.close()
 
 
 __all__ = [
-    "ENGINES", "BowTie", "Cohort", "CohortResult", "Cohorts", "DuckDBEngine", "Engine", "Exclusion",
+    "ENGINES", "Attribution", "BowTie", "Cohort", "CohortResult", "Cohorts", "DuckDBEngine",
+    "Engine", "Exclusion",
     "Funnel", "FunnelResult", "Journeys", "Result", "Retention", "SparkEngine", "Step",
     "Touchpoints", "Transitions", "engine", "spark_session",
 ]

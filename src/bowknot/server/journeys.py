@@ -96,3 +96,10 @@ async def touchpoints(request: Request, outcome: str, within: str = "7d",
 async def bowtie(request: Request, by: str = "channel") -> JSONResponse:
     ws = _ws(request)
     return _json((await run_in_threadpool(lambda: ws.journeys.bowtie(by=by))).to_dict())
+
+
+@router.get("/attribution", summary="First, last, linear and Markov attribution")
+async def attribution(request: Request, conversion: str, by: str = "channel") -> JSONResponse:
+    ws = _ws(request)
+    result = await run_in_threadpool(lambda: ws.journeys.attribution(conversion, by=by))
+    return _json(result.to_dict())
