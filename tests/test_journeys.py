@@ -404,3 +404,19 @@ def test_attribution_models_and_exact_markov_removal(analyse: Analyse,
     by_campaign = {r["campaign"] for r in analyse(ws).attribution(
         "Booking Completed", by="campaign").rows()}
     assert by_campaign == {"c-email", "c-sms"}
+
+
+def test_sankey_from_an_anchor(analyse: Analyse, ws: bowknot.Workspace) -> None:
+    # u1: Home Checkout Checkout Payment Done; u2: Checkout Home; u3: Home Home (no anchor).
+    seed(ws, [("u1", "Home", 0, {}), ("u1", "Checkout", 1, {}), ("u1", "Checkout", 2, {}),
+              ("u1", "Payment", 3, {}), ("u1", "Done", 4, {}), ("u2", "Checkout", 0, {}),
+              ("u2", "Home", 1, {}), ("u3", "Home", 0, {}), ("u3", "Home", 1, {})])
+    rows = [(r["depth"], r["from"], r["to"], r["persons"])
+            for r in analyse(ws).sankey("Checkout", depth=3).rows()]
+    assert rows == [(0, "Checkout", "Home", 1), (0, "Checkout", "Payment", 1),
+                    (1, "Home", "(end)", 1), (1, "Payment", "Done", 1), (2, "Done", "(end)", 1)]
+    top1 = analyse(ws).sankey("Checkout", depth=1, top=1).rows()
+    assert [(r["from"], r["to"], r["persons"]) for r in top1] == [
+        ("Checkout", "Home", 1), ("(other)", "(other)", 1)]
+    with pytest.raises(ValidationError):
+        analyse(ws).sankey("Checkout", depth=0)

@@ -185,6 +185,29 @@ def attribution(conversion: str, by: str, engine: str, db: Path, as_json: bool,
     _emit(result, as_json, as_csv, f"attribution of {conversion} by {by}")
 
 
+@main.command()
+@click.argument("anchor")
+@click.option("--depth", default=4, show_default=True, type=int, help="Steps after the anchor.")
+@click.option("--top", default=10, show_default=True, type=int,
+              help="Edges kept per depth; the rest is one (other) edge.")
+@engine_option
+@db_option
+@format_json
+@format_csv
+def sankey(anchor: str, depth: int, top: int, engine: str, db: Path, as_json: bool,
+           as_csv: bool) -> None:
+    """The step-by-step flow after each person's first ANCHOR (repeats collapsed), e.g.
+    bowknot sankey page:Checkout --depth 3"""
+    with workspace(db) as ws:
+        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
+        try:
+            result = journeys.sankey(anchor, depth=depth, top=top)
+        finally:
+            if journeys is not ws.journeys:
+                journeys.close()
+    _emit(result, as_json, as_csv, f"flow from {anchor}")
+
+
 @main.group()
 def cohort() -> None:
     """Cohorts: "did A but not B within T", saved by name."""

@@ -20,7 +20,7 @@ from .bowtie import BowTie
 from .cohorts import Cohort, CohortResult, Cohorts
 from .engine import ENGINES, DuckDBEngine, Engine, SparkEngine, engine, spark_session
 from .funnels import Exclusion, Funnel, FunnelResult, StepSpec
-from .paths import Transitions
+from .paths import Sankey, Transitions
 from .results import Result
 from .retention import Retention
 from .steps import Step
@@ -113,6 +113,12 @@ class Journeys:
         self._ready()
         return question.run(self.engine)
 
+    def sankey(self, anchor: str, *, depth: int = 4, top: int = 10) -> Result:
+        """The step-by-step flow from each person's first ``anchor`` (see :mod:`.paths`)."""
+        question = Sankey(anchor, depth=depth, top=top)
+        self._ready()
+        return question.run(self.engine)
+
     def close(self) -> None:
         self.engine.close()
 
@@ -120,6 +126,6 @@ class Journeys:
 __all__ = [
     "ENGINES", "Attribution", "BowTie", "Cohort", "CohortResult", "Cohorts", "DuckDBEngine",
     "Engine", "Exclusion",
-    "Funnel", "FunnelResult", "Journeys", "Result", "Retention", "SparkEngine", "Step",
+    "Funnel", "FunnelResult", "Journeys", "Result", "Retention", "Sankey", "SparkEngine", "Step",
     "Touchpoints", "Transitions", "engine", "spark_session",
 ]

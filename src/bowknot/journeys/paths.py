@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import ibis
 import ibis.expr.types as ir
+import pyarrow as pa
 
 from ..errors import ValidationError
 from .engine import Engine
@@ -65,3 +66,57 @@ class Transitions:
             table = table.slice(0, self.top)
         return Result("transitions", {"events": self.events, "collapse": self.collapse,
                                       "top": self.top}, table, engine=engine.name)
+
+
+class Sankey:
+    """The step-by-step flow from an anchor event: each person's first ``anchor``, then the
+    next ``depth`` steps (repeats collapsed). Per depth, the edges (from, to) with how many
+    persons took them; beyond the ``top`` edges of a depth, the rest is one "(other)" edge;
+    persons whose path ends get "(end)"."""
+
+    def __init__(self, anchor: str, *, depth: int = 4, top: int = 10) -> None:
+        if not anchor or not isinstance(anchor, str):
+            raise ValidationError("anchor: the event the flow starts from, e.g. "
+                                  "'page:Checkout'.", code="invalid_anchor")
+        for name, value, most in (("depth", depth, 20), ("top", top, 1000)):
+            if not isinstance(value, int) or not 1 <= value <= most:
+                raise ValidationError(f"{name}: a whole number from 1 to {most}.",
+                                      code=f"invalid_{name}")
+        self.anchor, self.depth, self.top = anchor, depth, top
+
+    def query(self, engine: Engine) -> ir.Table:
+        ev = engine.events()
+        order = ibis.window(group_by=ev.person_id, order_by=[ev.ts, ev.seq])
+        ev = ev.mutate(prev=ev.event.lag().over(order))
+        ev = ev.filter(ev.prev.isnull() | (ev.prev != ev.event))
+        order = ibis.window(group_by=ev.person_id, order_by=[ev.ts, ev.seq])
+        ev = ev.mutate(i=ibis.row_number().over(order))
+        a = ev.filter(ev.event == self.anchor)
+        start = a.group_by(a.person_id).aggregate(a0=a.i.min())
+        j = ev.inner_join(start, ev.person_id == start.person_id)
+        j = j.filter((j.i >= j.a0) & (j.i <= j.a0 + self.depth))
+        o2 = ibis.window(group_by=j.person_id, order_by=j.i)
+        j = j.mutate(d=(j.i - j.a0).cast("int64"),
+                     to=j.event.lead().over(o2).coalesce("(end)"))
+        j = j.filter(j.d < self.depth)
+        return j.group_by([j.d, j.event, j.to]).aggregate(persons=j.person_id.nunique())
+
+    def run(self, engine: Engine) -> Result:
+        rows = engine.to_arrow(self.query(engine)).to_pylist()
+        out: dict[str, list[object]] = {"depth": [], "from": [], "to": [], "persons": []}
+        for d in sorted({r["d"] for r in rows}):
+            level = sorted((r for r in rows if r["d"] == d),
+                           key=lambda r: (-r["persons"], r["event"], r["to"]))
+            kept, rest = level[:self.top], level[self.top:]
+            for r in kept:
+                for k, v in (("depth", d), ("from", r["event"]), ("to", r["to"]),
+                             ("persons", r["persons"])):
+                    out[k].append(v)
+            if rest:
+                for k, v in (("depth", d), ("from", "(other)"), ("to", "(other)"),
+                             ("persons", sum(r["persons"] for r in rest))):
+                    out[k].append(v)
+        table = pa.table(out, schema=pa.schema([("depth", pa.int64()), ("from", pa.string()),
+                                               ("to", pa.string()), ("persons", pa.int64())]))
+        return Result("sankey", {"anchor": self.anchor, "depth": self.depth, "top": self.top},
+                      table, engine=engine.name)

@@ -103,3 +103,10 @@ async def attribution(request: Request, conversion: str, by: str = "channel") ->
     ws = _ws(request)
     result = await run_in_threadpool(lambda: ws.journeys.attribution(conversion, by=by))
     return _json(result.to_dict())
+
+
+@router.get("/sankey", summary="The step-by-step flow from an anchor event")
+async def sankey(request: Request, anchor: str, depth: int = 4, top: int = 10) -> JSONResponse:
+    ws = _ws(request)
+    result = await run_in_threadpool(lambda: ws.journeys.sankey(anchor, depth=depth, top=top))
+    return _json(result.to_dict())
