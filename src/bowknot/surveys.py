@@ -49,6 +49,8 @@ DDL: tuple[str, ...] = (
     "ALTER TABLE surveys ADD COLUMN IF NOT EXISTS sample DOUBLE DEFAULT 1.0",
     "ALTER TABLE surveys ADD COLUMN IF NOT EXISTS holdout DOUBLE DEFAULT 0.0",
     "ALTER TABLE survey_invitations ADD COLUMN IF NOT EXISTS send_after TIMESTAMP",
+    # Every page and answer looks one invitation up: an ART index keeps that a point lookup.
+    "CREATE INDEX IF NOT EXISTS survey_invitations_id ON survey_invitations (invitation_id)",
     """CREATE TABLE IF NOT EXISTS survey_flags (
         invitation_id VARCHAR, flagged_at TIMESTAMP, kind VARCHAR, detail JSON)""",
 )
@@ -68,6 +70,8 @@ class Surveys:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self._lock = threading.RLock()  # invite -> token -> secret re-enters
+        self._stripes = [threading.Lock() for _ in range(64)]
+        self._surveys: dict[str, dict[str, Any]] = {}  # read on every page: cached
         self._secret: bytes | None = None
 
     def _q(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
@@ -76,6 +80,9 @@ class Surveys:
 
     def _exec(self, sql: str, params: list[Any] | None = None) -> None:
         run(self.ws.store.cursor(), sql, params)
+
+    def _lock_for(self, invitation_id: str) -> threading.Lock:
+        return self._stripes[hash(invitation_id) % len(self._stripes)]
 
     # -- secrets and tokens ----------------------------------------------------------------
     @property
@@ -137,6 +144,7 @@ class Surveys:
                 f"A custom survey needs its question: translations={{'{language}': "
                 "{'question': '...'}}.")
         with self._lock:
+            self._surveys.pop(survey_id, None)
             self._exec("DELETE FROM surveys WHERE survey_id = ?", [survey_id])
             self._exec("""INSERT INTO surveys (survey_id, name, kind, scale_min, scale_max,
                     language, company, reasons, translations, created_at, active, sample,
@@ -147,13 +155,17 @@ class Surveys:
         return self.get(survey_id)
 
     def get(self, survey_id: str) -> dict[str, Any]:
+        cached = self._surveys.get(survey_id)
+        if cached is not None:
+            return dict(cached)
         rows = self._q("SELECT * FROM surveys WHERE survey_id = ?", [survey_id])
         if not rows:
             raise NotFound(f"No survey {survey_id!r}; `bowknot surveys list` shows them.",
                            survey_id=survey_id)
         survey = rows[0]
         survey["translations"] = json.loads(survey["translations"] or "{}")
-        return survey
+        self._surveys[survey_id] = survey
+        return dict(survey)
 
     def all(self) -> list[dict[str, Any]]:
         return self._q("""SELECT s.survey_id, s.name, s.kind, s.language,
@@ -367,7 +379,9 @@ class Surveys:
                 f"{survey['scale_max']}.")
         chosen = [r for r in (reasons or []) if r in (survey["reasons"] or [])]
         why = (why or "").strip()[:5000] or None
-        with self._lock:
+        # One invitation at a time (a double click, a scanner), different ones in parallel, so
+        # their durable writes share group commits.
+        with self._lock_for(inv["invitation_id"]):
             state, inv = self.invitation(token)
             assert inv is not None
             if state == "answered":
@@ -401,7 +415,7 @@ class Surveys:
         state, inv = self.invitation(token)
         if inv is None or state != "answered" or not why:
             return {"state": state if state != "answered" else "empty", "invitation": inv}
-        with self._lock:
+        with self._lock_for(inv["invitation_id"]):
             if inv["commented_at"] is not None:
                 return {"state": "commented", "invitation": inv}
             self._send(inv, "survey_commented", f"survey-why-{inv['invitation_id']}", {
