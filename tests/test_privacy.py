@@ -123,3 +123,28 @@ def test_unknown_references_are_refused_unless_typed(ws: bowknot.Workspace) -> N
     ws.track("Late", user_id="late-user-81", properties={})
     plan = ws.privacy.delete("user_id:late-user-81", dry_run=True)
     assert plan["person_id"] is None and plan["counts"]["events"] == 1
+
+
+def test_delete_reaches_survey_invitations_cases_and_cohorts(ws: bowknot.Workspace) -> None:
+    load_people(ws)
+    ws.journeys.cohort("identify", "Never Happens", within="1d", save_as="identified")
+    ws.surveys.create("nps", kind="nps")
+    inv = ws.surveys.invite("nps", MINA["user"], channel="webhook")
+    ws.surveys.answer(inv["token"], 2, why="Tehran-Karaj office was closed")
+    assert ws.cases.list()  # a detractor: a follow-up case holds her words
+    exported = ws.privacy.export(MINA["user"])
+    assert len(exported["survey_invitations"]) == 1 and len(exported["cases"]) == 1
+    bob = ws.surveys.invite("nps", "bob")
+    counts = ws.privacy.delete(MINA["user"])["counts"]
+    assert counts["survey_invitations"] == 1 and counts["cases"] == 1
+    assert traces_left(ws) == []
+    assert ws.sql("SELECT invitation_id FROM survey_invitations") == [
+        {"invitation_id": bob["invitation_id"]}]
+    members = ws.sql("SELECT person_id FROM cohort_members")
+    assert members == [{"person_id": ws.persons.resolve("bob")}]  # Mina left, Bob stays
+
+
+def test_a_survey_send_to_an_unknown_cohort_says_so(ws: bowknot.Workspace) -> None:
+    ws.surveys.create("nps", kind="nps")
+    with pytest.raises(NotFound, match="cohort list"):
+        ws.surveys.invite_cohort("nps", "never-saved")

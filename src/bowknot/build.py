@@ -15,6 +15,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -130,6 +132,24 @@ class Builder:
         con: duckdb.DuckDBPyConnection = self.ws.store.connection.cursor()
         run(con, "SET TimeZone = 'UTC'")
         return con
+
+    @contextmanager
+    def transaction(self, commit: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A transaction on its own connection, one at a time with builds (unmerges, privacy
+        deletes, cohorts): committed at the end (rolled back if ``commit`` is false), rolled
+        back if anything fails."""
+        with self.lock:
+            con = self.connection()
+            try:
+                run(con, "BEGIN TRANSACTION")
+                try:
+                    yield con
+                except BaseException:
+                    run(con, "ROLLBACK")
+                    raise
+                run(con, "COMMIT" if commit else "ROLLBACK")
+            finally:
+                con.close()
 
     def build(self, full: bool = False) -> BuildResult:
         with self.lock:

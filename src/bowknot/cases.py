@@ -67,16 +67,14 @@ class Cases:
 
     def _event(self, case: dict[str, Any], event: str, message_id: str,
                properties: dict[str, Any]) -> None:
-        inv = self._q("SELECT user_id, anonymous_id, email FROM survey_invitations "
-                      "WHERE invitation_id = ?", [case["invitation_id"]])
-        who = inv[0] if inv else {"user_id": None, "anonymous_id": None, "email": None}
-        payload: dict[str, Any] = {"event": event, "messageId": message_id,
-                                   "properties": {"case_id": case["case_id"], **properties}}
-        if who["user_id"]:
-            payload["userId"] = who["user_id"]
-        else:
-            payload["anonymousId"] = who["anonymous_id"] or f"case-{case['case_id']}"
-        self.ws.send("track", payload, source="cases")
+        """An event on the person's timeline, as the invitation that opened the case."""
+        inv = self._q("SELECT * FROM survey_invitations WHERE invitation_id = ?",
+                      [case["invitation_id"]])
+        if not inv:
+            raise NotFound(f"Case {case['case_id']} has lost its survey invitation (deleted "
+                           "for privacy?); it can no longer be worked.", case_id=case["case_id"])
+        self.ws.surveys.record(inv[0], event, message_id,
+                               {"case_id": case["case_id"], **properties}, source="cases")
 
     # -- opening (called when an answer is recorded) -------------------------------------------
     def on_answer(self, invitation: dict[str, Any], kind: str, score: int,

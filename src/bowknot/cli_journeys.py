@@ -8,18 +8,35 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .cli import _json, _table, db_option, main, workspace
+
+if TYPE_CHECKING:
+    from .journeys import Journeys
 
 engine_option = click.option(
     "--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
     help="Where to run: the embedded store, or Spark (local mode; needs pyspark and Java).")
 format_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 format_csv = click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+
+
+@contextmanager
+def journeys_on(db: Path, engine: str) -> Iterator[Journeys]:
+    """The workspace's journeys on ``engine`` (a Spark engine is closed afterwards)."""
+    with workspace(db) as ws:
+        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
+        try:
+            yield journeys
+        finally:
+            if journeys is not ws.journeys:
+                journeys.close()
 
 
 def _emit(result: Any, as_json: bool, as_csv: bool, title: str) -> None:
@@ -61,14 +78,9 @@ def funnel(steps: tuple[str, ...], within: str, order: str, entry: str,
 
     bowknot funnel "Campaign Clicked[campaign_id=summer-weekend]" "Booking Completed" --within 3d
     """
-    with workspace(db) as ws:
-        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
-        try:
-            result = journeys.funnel(list(steps), within=within, order=order, entry=entry,
-                                     exclusions=list(exclusions), breakdown=breakdown)
-        finally:
-            if journeys is not ws.journeys:
-                journeys.close()
+    with journeys_on(db, engine) as journeys:
+        result = journeys.funnel(list(steps), within=within, order=order, entry=entry,
+                                 exclusions=list(exclusions), breakdown=breakdown)
     _emit(result, as_json, as_csv, f"funnel within {within}")
 
 
@@ -86,13 +98,8 @@ def retention(start: str, back: str | None, period: str, periods: int, engine: s
               as_json: bool, as_csv: bool) -> None:
     """Cohorts by the period of each person's first START; how many did BACK (default: START
     again) in each later period, e.g. bowknot retention "Booking Completed" --period month"""
-    with workspace(db) as ws:
-        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
-        try:
-            result = journeys.retention(start, back, period=period, periods=periods)
-        finally:
-            if journeys is not ws.journeys:
-                journeys.close()
+    with journeys_on(db, engine) as journeys:
+        result = journeys.retention(start, back, period=period, periods=periods)
     _emit(result, as_json, as_csv, f"retention by {period}")
 
 
@@ -109,14 +116,9 @@ def transitions(events: tuple[str, ...], keep_repeats: bool, top: int, engine: s
                 as_json: bool, as_csv: bool) -> None:
     """The transition graph: for each pair of consecutive steps, how often, by how many
     persons, probability out and in, median time between them."""
-    with workspace(db) as ws:
-        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
-        try:
-            result = journeys.transitions(events=list(events) or None,
-                                          collapse=not keep_repeats, top=top)
-        finally:
-            if journeys is not ws.journeys:
-                journeys.close()
+    with journeys_on(db, engine) as journeys:
+        result = journeys.transitions(events=list(events) or None,
+                                      collapse=not keep_repeats, top=top)
     _emit(result, as_json, as_csv, "transitions")
 
 
@@ -134,13 +136,8 @@ def touchpoints(outcome: str, within: str, value: str | None, engine: str, db: P
                 as_json: bool, as_csv: bool) -> None:
     """OUTCOME events grouped by the last marketing touch before each, e.g.
     bowknot touchpoints survey_answered --value score"""
-    with workspace(db) as ws:
-        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
-        try:
-            result = journeys.touchpoints(outcome, within=within, value=value)
-        finally:
-            if journeys is not ws.journeys:
-                journeys.close()
+    with journeys_on(db, engine) as journeys:
+        result = journeys.touchpoints(outcome, within=within, value=value)
     _emit(result, as_json, as_csv, f"{outcome} by last touch within {within}")
 
 
@@ -153,13 +150,8 @@ def touchpoints(outcome: str, within: str, value: str | None, engine: str, db: P
 @format_csv
 def bowtie(by: str, engine: str, db: Path, as_json: bool, as_csv: bool) -> None:
     """The bow tie: visitors -> known -> customers -> repeat customers, with conversions."""
-    with workspace(db) as ws:
-        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
-        try:
-            result = journeys.bowtie(by=by)
-        finally:
-            if journeys is not ws.journeys:
-                journeys.close()
+    with journeys_on(db, engine) as journeys:
+        result = journeys.bowtie(by=by)
     _emit(result, as_json, as_csv, f"the bow tie by {by}")
 
 
@@ -175,13 +167,8 @@ def attribution(conversion: str, by: str, engine: str, db: Path, as_json: bool,
                 as_csv: bool) -> None:
     """First, last, linear and Markov (removal effect) attribution of CONVERSION, e.g.
     bowknot attribution "Booking Completed" --by campaign"""
-    with workspace(db) as ws:
-        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
-        try:
-            result = journeys.attribution(conversion, by=by)
-        finally:
-            if journeys is not ws.journeys:
-                journeys.close()
+    with journeys_on(db, engine) as journeys:
+        result = journeys.attribution(conversion, by=by)
     _emit(result, as_json, as_csv, f"attribution of {conversion} by {by}")
 
 
@@ -198,13 +185,8 @@ def sankey(anchor: str, depth: int, top: int, engine: str, db: Path, as_json: bo
            as_csv: bool) -> None:
     """The step-by-step flow after each person's first ANCHOR (repeats collapsed), e.g.
     bowknot sankey page:Checkout --depth 3"""
-    with workspace(db) as ws:
-        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
-        try:
-            result = journeys.sankey(anchor, depth=depth, top=top)
-        finally:
-            if journeys is not ws.journeys:
-                journeys.close()
+    with journeys_on(db, engine) as journeys:
+        result = journeys.sankey(anchor, depth=depth, top=top)
     _emit(result, as_json, as_csv, f"flow from {anchor}")
 
 
@@ -230,14 +212,9 @@ def cohort_find(did: str, did_not: str, within: str, traits: tuple[str, ...],
 
     bowknot cohort find "Campaign Clicked" "Booking Completed" --within 3d --save clicked-no-booking
     """
-    with workspace(db) as ws:
-        journeys = ws.journeys if engine == "duckdb" else ws.journeys.on(engine)
-        try:
-            result = journeys.cohort(did, did_not, within=within, traits=list(traits),
-                                     save_as=save_as)
-        finally:
-            if journeys is not ws.journeys:
-                journeys.close()
+    with journeys_on(db, engine) as journeys:
+        result = journeys.cohort(did, did_not, within=within, traits=list(traits),
+                                 save_as=save_as)
     if not (as_json or as_csv):
         extra = result.extra
         click.echo(f"{extra['persons']:,} of {extra['entered']:,} persons who did {did!r} "

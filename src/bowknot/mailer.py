@@ -86,7 +86,7 @@ def send_invitation(ws: Any, invitation: dict[str, Any], force: bool = False) ->
     ws.store.cursor().execute(
         "UPDATE survey_invitations SET sent_at = ? WHERE invitation_id = ?",
         [now, invitation["invitation_id"]]).fetchall()
-    ws.surveys._send(invitation, "survey_invited", f"survey-sent-{invitation['invitation_id']}",
+    ws.surveys.record(invitation, "survey_invited", f"survey-sent-{invitation['invitation_id']}",
                      {"survey_id": invitation["survey_id"], "channel": "email",
                       "invitation_id": invitation["invitation_id"],
                       "trigger": invitation["trigger"]})

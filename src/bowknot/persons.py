@@ -13,7 +13,6 @@ from typing import Any
 
 from . import identity
 from .errors import NotFound, ValidationError
-from .store.engine import run
 
 _JSON_COLUMNS = ("properties", "traits", "context", "last_touch", "value")
 
@@ -153,17 +152,8 @@ class Persons:
                 build: bool) -> dict[str, Any]:
         """Apply an identity change in its own transaction, then build (one at a time)."""
         with self.ws.builder.lock:
-            con = self.ws.builder.connection()
-            try:
-                run(con, "BEGIN TRANSACTION")
-                try:
-                    out = change(con, log_id)
-                    run(con, "COMMIT")
-                except BaseException:
-                    run(con, "ROLLBACK")
-                    raise
-            finally:
-                con.close()
+            with self.ws.builder.transaction() as con:
+                out = change(con, log_id)
             if build:
                 out["build"] = self.ws.build().to_dict()
         return out

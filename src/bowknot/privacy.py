@@ -49,6 +49,10 @@ SUPPRESS_SQL = """DELETE FROM events WHERE load_id = ? AND (
         AND sha256(lower(trim(traits->>'email'))) IN (SELECT value_hash FROM suppressions)))
     RETURNING 1"""
 
+# The survey invitations of a person: params (person id, identifier values).
+INVITATIONS_OF = """person_id = ? OR list_has_any(?::VARCHAR[],
+    [user_id, anonymous_id, email])"""
+
 KINDS = ("delete", "suppress", "unsuppress", "export")
 
 
@@ -121,22 +125,12 @@ class Privacy:
         subject = self.subject(ref)
         values = subject["values"]
         op = "del_" + uuid.uuid4().hex[:16]
-        with self.ws.builder.lock:
-            con = self.ws.builder.connection()
-            try:
-                run(con, "BEGIN TRANSACTION")
-                try:
-                    counts = self._delete(con, subject, values, dry_run)
-                    if not dry_run:  # the deletion and its audit record commit together
-                        self._audit(con, op, "delete", dry_run, len(values), counts)
-                    run(con, "ROLLBACK" if dry_run else "COMMIT")
-                except BaseException:
-                    run(con, "ROLLBACK")
-                    raise
-                if dry_run:
-                    self._audit(con, op, "delete", dry_run, len(values), counts)
-            finally:
-                con.close()
+        with self.ws.builder.transaction(commit=not dry_run) as con:
+            counts = self._delete(con, subject, values, dry_run)
+            if not dry_run:  # the deletion and its audit record commit together
+                self._audit(con, op, "delete", dry_run, len(values), counts)
+        if dry_run:  # a dry run changes nothing but is audited too
+            self._audit(self.ws.store.cursor(), op, "delete", dry_run, len(values), counts)
         return {"operation_id": op, "kind": "delete", "dry_run": dry_run,
                 "person_id": subject["person_id"], "identifiers": len(values),
                 "counts": counts}
@@ -158,6 +152,10 @@ class Privacy:
               SELECT cluster FROM identities SEMI JOIN p_nodes USING (node)))
             WHERE node NOT IN (SELECT node FROM p_nodes)""")[0][0]
         pattern = _quoted_pattern(values)
+        # Survey invitations of the person (by person, or by an identifier they were sent to).
+        run(con, f"""CREATE OR REPLACE TEMP TABLE p_inv AS SELECT invitation_id
+            FROM survey_invitations WHERE {INVITATIONS_OF}""", [pid, values])
+        invs = "invitation_id IN (SELECT invitation_id FROM p_inv)"
         steps: list[tuple[str, str, list[Any]]] = [
             ("events", "key IN (SELECT key FROM p_events)", []),
             ("failed_events", "regexp_matches(coalesce(raw, ''), ?)", [pattern]),
@@ -177,6 +175,11 @@ class Privacy:
             ("identity_log", """person_id = ? OR other_person_id = ?
                 OR list_has_any(nodes, (SELECT list(node) FROM p_nodes))
                 OR cause_key IN (SELECT key FROM p_events)""", [pid, pid]),
+            ("survey_flags", invs, []),
+            ("webhook_deliveries", invs, []),
+            ("cases", f"person_id = ? OR {invs}", [pid]),
+            ("survey_invitations", invs, []),
+            ("cohort_members", "person_id = ?", [pid]),
         ]
         counts: dict[str, int] = {}
         for table, where, params in steps:
@@ -240,9 +243,17 @@ class Privacy:
         out["failed_events"] = self.ws.store.query(
             """SELECT failure_id, source, received_at, reasons, raw FROM failed_events
                WHERE regexp_matches(coalesce(raw, ''), ?) ORDER BY failure_id""", [pattern])
+        out["survey_invitations"] = self.ws.store.query(
+            f"""SELECT invitation_id, survey_id, trigger, channel, language, created_at,
+                   sent_at, answered_at, score, commented_at FROM survey_invitations
+                WHERE {INVITATIONS_OF} ORDER BY created_at""", [pid, values])
+        out["cases"] = self.ws.store.query(
+            "SELECT * FROM cases WHERE person_id = ? ORDER BY opened_at", [pid])
         con = self.ws.store.cursor()
         self._audit(con, op, "export", False, len(values),
-                    {"events": len(out["events"]), "failed_events": len(out["failed_events"])})
+                    {"events": len(out["events"]), "failed_events": len(out["failed_events"]),
+                     "survey_invitations": len(out["survey_invitations"]),
+                     "cases": len(out["cases"])})
         return out
 
     def operations(self, limit: int = 100) -> list[dict[str, Any]]:

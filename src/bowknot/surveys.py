@@ -350,8 +350,9 @@ class Surveys:
         return "ok", inv
 
     # -- answers -------------------------------------------------------------------------------
-    def _send(self, inv: dict[str, Any], event: str, message_id: str,
-              properties: dict[str, Any]) -> None:
+    def record(self, inv: dict[str, Any], event: str, message_id: str,
+               properties: dict[str, Any], source: str = "surveys") -> None:
+        """An event about invitation ``inv`` on its person's timeline (durable on return)."""
         payload: dict[str, Any] = {
             "event": event, "messageId": message_id, "properties": properties,
             "context": {"locale": inv["language"]}}
@@ -361,7 +362,7 @@ class Surveys:
             payload["anonymousId"] = inv["anonymous_id"]
             if inv["email"]:  # links a survey-only anonymous id to the person
                 payload["context"]["traits"] = {"email": inv["email"]}
-        self.ws.send("track", payload, source="surveys")
+        self.ws.send("track", payload, source=source)
 
     def answer(self, token: str, score: int, why: str | None = None,
                reasons: Sequence[str] | None = None,
@@ -394,7 +395,7 @@ class Surveys:
                                    {"kept_score": inv["score"], "refused_score": score,
                                     "seconds_after": round(recent, 3)})])
                 return {"state": "answered", "invitation": inv}
-            self._send(inv, "survey_answered", f"survey-{inv['invitation_id']}", {
+            self.record(inv, "survey_answered", f"survey-{inv['invitation_id']}", {
                 "survey_id": inv["survey_id"], "kind": survey["kind"], "score": score,
                 "why": why, "reasons": chosen, "invitation_id": inv["invitation_id"],
                 "trigger": inv["trigger"], "channel": inv["channel"],
@@ -418,7 +419,7 @@ class Surveys:
         with self._lock_for(inv["invitation_id"]):
             if inv["commented_at"] is not None:
                 return {"state": "commented", "invitation": inv}
-            self._send(inv, "survey_commented", f"survey-why-{inv['invitation_id']}", {
+            self.record(inv, "survey_commented", f"survey-why-{inv['invitation_id']}", {
                 "survey_id": inv["survey_id"], "why": why,
                 "invitation_id": inv["invitation_id"], "score": inv["score"]})
             self._exec("UPDATE survey_invitations SET commented_at = ? WHERE invitation_id = ?",

@@ -121,7 +121,7 @@ def _attempt(ws: Any, delivery_id: str, invitation: dict[str, Any]) -> dict[str,
            delivered_at = CASE WHEN ? THEN ? END WHERE delivery_id = ?""",
         [attempts, status, error, error is None, _now(), delivery_id]).fetchall()
     if error is None:
-        ws.surveys._send(invitation, "survey_invited",
+        ws.surveys.record(invitation, "survey_invited",
                          f"survey-sent-{invitation['invitation_id']}",
                          {"survey_id": invitation["survey_id"], "channel": "webhook",
                           "invitation_id": invitation["invitation_id"],

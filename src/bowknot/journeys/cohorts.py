@@ -30,13 +30,8 @@ if TYPE_CHECKING:
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
-DDL = (
-    """CREATE TABLE IF NOT EXISTS cohorts (
-        name VARCHAR PRIMARY KEY, definition JSON, engine VARCHAR, entered BIGINT,
-        persons BIGINT, saved_at TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS cohort_members (
-        name VARCHAR, person_id VARCHAR, entered_at TIMESTAMP)""",
-)
+# The tables `cohorts` and `cohort_members` are part of the workspace schema (store/schema.py):
+# surveys are sent to saved cohorts whether or not an analysis ran in this process.
 
 
 class Cohort:
@@ -126,23 +121,11 @@ class Cohorts:
 
     def _write(self, statements: list[tuple[str, list[Any]]], table: pa.Table | None = None
                ) -> None:
-        with self.ws.builder.lock:
-            con = self.ws.builder.connection()
-            try:
-                for ddl in DDL:
-                    run(con, ddl)
-                run(con, "BEGIN TRANSACTION")
-                try:
-                    if table is not None:
-                        con.register("new_members", table)
-                    for sql, params in statements:
-                        run(con, sql, params)
-                    run(con, "COMMIT")
-                except BaseException:
-                    run(con, "ROLLBACK")
-                    raise
-            finally:
-                con.close()
+        with self.ws.builder.transaction() as con:
+            if table is not None:
+                con.register("new_members", table)
+            for sql, params in statements:
+                run(con, sql, params)
 
     def save(self, name: str, result: CohortResult) -> dict[str, Any]:
         """Save (or replace) cohort ``name`` with the members of ``result``."""

@@ -61,6 +61,12 @@ DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS tokens (
         token_hash VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, prefix VARCHAR,
         created_at TIMESTAMP, revoked_at TIMESTAMP)""",
+    # Saved cohorts (journeys), the audiences of survey sends.
+    """CREATE TABLE IF NOT EXISTS cohorts (
+        name VARCHAR PRIMARY KEY, definition JSON, engine VARCHAR, entered BIGINT,
+        persons BIGINT, saved_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS cohort_members (
+        name VARCHAR, person_id VARCHAR, entered_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS sessions (
         session_hash VARCHAR PRIMARY KEY, token_hash VARCHAR NOT NULL,
         created_at TIMESTAMP, expires_at TIMESTAMP)""",
