@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from pathlib import Path
 
 import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bowknot
-from bowknot.imports import import_file
+from bowknot.imports import _jsonl_chunks, import_file
 
 
 def jsonl(path: Path, lines: list[str]) -> Path:
@@ -130,3 +133,19 @@ def test_repeats_across_chunks_and_sessions(tmp_path: Path) -> None:
         assert ws.sql("SELECT count(*) AS n FROM events")[0]["n"] == 200
         ws.send("track", json.loads(ev(1)), source="import")  # live, within the window
         assert ws.sql("SELECT count(*) AS n FROM events")[0]["n"] == 200
+
+
+@given(lines=st.lists(st.text(alphabet="ab{}\r ", max_size=40), max_size=30),
+       chunk=st.integers(min_value=1, max_value=64), final_newline=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_line_splitting_matches_a_plain_reading(lines: list[str], chunk: int,
+                                                final_newline: bool) -> None:
+    # Lines come out whole whatever the chunk size (lines longer than a chunk too), with
+    # their line numbers; blank lines (CRLF ones too) are skipped but still counted.
+    data = "\n".join(lines) + ("\n" if final_newline and lines else "")
+    got = [(int(n), text.rstrip("\r\n"))
+           for arr, numbers, _ in _jsonl_chunks(io.BytesIO(data.encode()), chunk)
+           for n, text in zip(numbers, arr.to_pylist(), strict=True)]
+    expected = [(i + 1, line.rstrip("\r")) for i, line in enumerate(data.split("\n"))
+                if line not in ("", "\r")]
+    assert got == expected
