@@ -52,6 +52,20 @@ def test_batch_reports_each_rejected_item(client: TestClient, write_key: str,
     assert len(ws.failures.list()) == 2
 
 
+def test_a_null_or_scalar_batch_item_is_refused_and_kept(client: TestClient, write_key: str,
+                                                         ws: bowknot.Workspace) -> None:
+    # Found by the fuzz test: a JSON null item unnested as SQL NULL and slipped past the
+    # contract to the table's NOT NULL check, failing the whole request.
+    batch = [None, {"type": "track", "userId": "u", "event": "A"}, 7]
+    r = post(client, "/v1/batch", write_key, {"batch": batch})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["accepted"] == 1
+    assert [(i["index"], [x["code"] for x in i["reasons"]]) for i in err["items"]] == [
+        (0, ["not_an_object"]), (2, ["not_an_object"])]
+    assert sorted(f["raw"] for f in ws.failures.list()) == ["7", "null"]
+
+
 def test_wrong_or_missing_key_is_401(client: TestClient, write_key: str) -> None:
     r = post(client, "/v1/track", "bkw_nope", {"userId": "u", "event": "A"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"

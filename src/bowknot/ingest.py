@@ -75,7 +75,9 @@ FROM parsed_body
 """
 
 EXPLODE_SQL = """
-SELECT req, pos, source, origin, NULL::VARCHAR AS call, raw::VARCHAR AS raw, received_at,
+-- A JSON null in the batch unnests as SQL NULL; as text it is refused as not an object.
+SELECT req, pos, source, origin, NULL::VARCHAR AS call, coalesce(raw::VARCHAR, 'null') AS raw,
+       received_at,
        trusted, file, batch_sent_at, batch_context, batch_integrations
 FROM (
   -- Batch-level fields come from the parsed body beside the unnest, not re-extracted from
@@ -224,18 +226,19 @@ SELECT
 FROM checked
 """
 
-# The deduplication key and the payload fingerprint are computed with the rest of step 2, so
-# the commit only has to compare them (``store/keys.py``).
+# The deduplication key is computed with the rest of step 2, so the commit only has to look it
+# up (``store/keys.py``).
 KEYED_SQL = """
-SELECT s.*,
-       CASE WHEN len(reasons) = 0 THEN hash(source, message_id) END AS key,
-       CASE WHEN len(reasons) = 0 THEN
-         hash(type, event, name, anonymous_id, user_id, group_id, previous_id,
-              original_timestamp, properties::VARCHAR, traits::VARCHAR, context::VARCHAR)
-       END AS fingerprint
+SELECT s.*, CASE WHEN len(reasons) = 0 THEN hash(source, message_id) END AS key
 FROM ($inner
 ) s
 """
+
+# What a duplicate must match to be a harmless re-send: the payload but sentAt/receivedAt.
+# It is only computed for the few rows that share a key (and for their stored events), not
+# stored with every event: hashing every event's JSON cost a tenth of an import.
+FINGERPRINT = ("hash(type, event, name, anonymous_id, user_id, group_id, previous_id, "
+               "original_timestamp, properties::VARCHAR, traits::VARCHAR, context::VARCHAR)")
 
 # Request bodies go from text to validated rows in one statement (each statement costs
 # DuckDB's planner several milliseconds, which dominates small group commits; the writer
@@ -269,7 +272,7 @@ WHERE s.outcome = 'failed'
 # The writer's key index picks the suspects: valid rows whose key was stored before or repeats
 # within the load (every row of such a key). Only they are classified here; the rest are new.
 CLASSIFY_SQL = """
-WITH v AS (SELECT * FROM suspects
+WITH v AS (SELECT *, """ + FINGERPRINT + """ AS fingerprint FROM suspects
 ), repeated AS (
   SELECT key FROM v GROUP BY key HAVING count(*) > 1
 ), ranked AS (
@@ -277,7 +280,7 @@ WITH v AS (SELECT * FROM suspects
   FROM v WHERE key IN (SELECT key FROM repeated)
   WINDOW w AS (PARTITION BY key, source, message_id ORDER BY req, pos)
 ), earlier AS (
-  SELECT key, source, message_id, any_value(fingerprint) AS stored_fp
+  SELECT key, source, message_id, any_value(""" + FINGERPRINT + """) AS stored_fp
   FROM events
   WHERE key IN (SELECT key FROM v) $window_filter
   GROUP BY ALL
@@ -300,7 +303,7 @@ INSERT_EVENTS_SQL = """
 INSERT INTO events
 SELECT message_id, source, type, event, name, anonymous_id, user_id, group_id, previous_id,
        timestamp, original_timestamp, sent_at, received_at, properties, traits, context,
-       integrations, key, fingerprint, $load_id
+       integrations, key, $load_id
 FROM classified WHERE outcome = 'new'
 """
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import duckdb
 
-from ..errors import WorkspaceLocked
+from ..errors import BowknotError, WorkspaceLocked
 from ..settings import Settings
-from .schema import DDL, SCHEMA_VERSION
+from .schema import DDL, MIGRATIONS, SCHEMA_VERSION
 
 
 def run(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[Any]:
@@ -52,13 +52,31 @@ class Store:
         run(self._con, f"SET checkpoint_threshold = '{settings.checkpoint_threshold}'")
         self._local = threading.local()
         self._ibis: Any = None
-        for statement in DDL:
-            run(self._con, statement)
-        run(
-            self._con,
-            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-            [str(SCHEMA_VERSION)],
-        )
+        try:
+            for statement in DDL:
+                run(self._con, statement)
+            self._migrate()
+        except BaseException:
+            self._con.close()  # release the file for whoever fixes it
+            raise
+
+    def _migrate(self) -> None:
+        """Bring a workspace made by an older bowknot to SCHEMA_VERSION, in one transaction."""
+        found = run(self._con, "SELECT value FROM meta WHERE key = 'schema_version'")
+        version = int(found[0][0]) if found else SCHEMA_VERSION  # a new workspace
+        if version > SCHEMA_VERSION:
+            raise BowknotError(
+                f"The workspace {self.path} was written by a newer bowknot (schema "
+                f"{version}, this one knows {SCHEMA_VERSION}); upgrade bowknot to open it.",
+                code="schema_too_new")
+        run(self._con, "BEGIN TRANSACTION")
+        for to, statements in MIGRATIONS:
+            if version < to:
+                for statement in statements:
+                    run(self._con, statement)
+        run(self._con, "DELETE FROM meta WHERE key = 'schema_version'")
+        run(self._con, "INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        run(self._con, "COMMIT")
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:

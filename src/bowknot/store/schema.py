@@ -6,7 +6,12 @@ same values. JSON columns hold the spec's nested objects as text.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Version 2: events lost their stored ``fingerprint`` (computed when a duplicate needs it).
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (2, ("ALTER TABLE events DROP COLUMN IF EXISTS fingerprint",)),
+)
 
 DDL: tuple[str, ...] = (
     "CREATE SEQUENCE IF NOT EXISTS load_seq START 1",
@@ -36,7 +41,6 @@ DDL: tuple[str, ...] = (
         context JSON,
         integrations JSON,
         key UBIGINT NOT NULL,
-        fingerprint UBIGINT NOT NULL,
         load_id BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS failed_events (
         failure_id BIGINT PRIMARY KEY DEFAULT nextval('failure_seq'),
