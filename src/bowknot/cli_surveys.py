@@ -146,6 +146,100 @@ def surveys_impact(campaign_id: str, within_days: float, survey_id: str | None, 
             for g in out["groups"]], title=f"experience impact of {campaign_id}")
 
 
+# -- triggers --------------------------------------------------------------------------------
+@surveys.group("trigger")
+def surveys_trigger() -> None:
+    """Triggers: send a survey to whoever matches a rule over the journey, evaluated after
+    every build (`bowknot build`, or in the background under `bowknot serve`)."""
+
+
+_TRIGGER_COLUMNS = ("name", "survey_id", "describe", "channel", "active", "evaluated_at",
+                    "invited", "holdout", "last_error")
+
+
+@surveys_trigger.command("add")
+@click.argument("survey_id")
+@click.argument("name")
+@click.option("--event", default=None, metavar="STEP",
+              help="Did A: an event with optional filters, e.g. 'Ticket Closed[topic=pickup]'.")
+@click.option("--did", default=None, metavar="STEP", help="Did A ... (with --did-not, --within).")
+@click.option("--did-not", default=None, metavar="STEP", help="... but not B ...")
+@click.option("--within", default=None, help="... within T after the first A: 48h, 3d, 2w.")
+@click.option("--cohort", default=None, help="The rule of a saved cohort (`bowknot cohort list`).")
+@click.option("--channel", type=click.Choice(["link", "email", "webhook"]), default="email",
+              show_default=True, help="How its invitations are delivered (`surveys send-due`).")
+@click.option("--since", default=None,
+              help="Only A events from this date/time on (default: the whole history).")
+@db_option
+@json_option
+def trigger_add(survey_id: str, name: str, event: str | None, did: str | None,
+                did_not: str | None, within: str | None, cohort: str | None, channel: str,
+                since: str | None, db: Path, as_json: bool) -> None:
+    """Add trigger NAME sending SURVEY_ID; one invitation per person, survey and trigger."""
+    with workspace(db) as ws:
+        trigger = ws.surveys.add_trigger(survey_id, name, event=event, did=did,
+                                         did_not=did_not, within=within, cohort=cohort,
+                                         channel=channel, since=since)
+    if as_json:
+        _json(trigger)
+    else:
+        click.echo(f"trigger {name}: {trigger['describe']} -> {survey_id} by {channel}")
+
+
+@surveys_trigger.command("list")
+@click.option("--survey", "survey_id", default=None, help="Only this survey's triggers.")
+@db_option
+@json_option
+def trigger_list(survey_id: str | None, db: Path, as_json: bool) -> None:
+    """Triggers, with what they invited so far and when they were last evaluated."""
+    with workspace(db) as ws:
+        rows = ws.surveys.triggers.list(survey_id)
+    _json(rows) if as_json else _table([{k: r[k] for k in _TRIGGER_COLUMNS} for r in rows])
+
+
+@surveys_trigger.command("pause")
+@click.argument("name")
+@db_option
+def trigger_pause(name: str, db: Path) -> None:
+    """Stop evaluating NAME (resume evaluates what arrived meanwhile)."""
+    with workspace(db) as ws:
+        ws.surveys.triggers.pause(name)
+    click.echo(f"trigger {name} paused")
+
+
+@surveys_trigger.command("resume")
+@click.argument("name")
+@db_option
+def trigger_resume(name: str, db: Path) -> None:
+    """Evaluate NAME again from where it stopped."""
+    with workspace(db) as ws:
+        ws.surveys.triggers.resume(name)
+    click.echo(f"trigger {name} resumed")
+
+
+@surveys_trigger.command("remove")
+@click.argument("name")
+@db_option
+def trigger_remove(name: str, db: Path) -> None:
+    """Delete NAME (the invitations it made stay)."""
+    with workspace(db) as ws:
+        ws.surveys.triggers.remove(name)
+    click.echo(f"trigger {name} removed")
+
+
+@surveys_trigger.command("evaluate")
+@click.argument("name", required=False)
+@click.option("--full", is_flag=True, help="Evaluate over all events, not from the watermark.")
+@db_option
+@json_option
+def trigger_evaluate(name: str | None, full: bool, db: Path, as_json: bool) -> None:
+    """Evaluate NAME (or every active trigger) now; builds do this by themselves."""
+    with workspace(db) as ws:
+        rows = ([ws.surveys.triggers.evaluate(name, full=full)] if name
+                else ws.surveys.triggers.evaluate_all(full=full))
+    _json(rows) if as_json else _table(rows)
+
+
 @surveys.command("dead-letters")
 @db_option
 @json_option
