@@ -288,19 +288,70 @@ def surveys_export(survey_id: str, out_file: Path, db: Path) -> None:
 
 @surveys.command("report")
 @click.argument("survey_id")
+@click.option("--by", default=None, metavar="GROUP",
+              help="day, week, month, touchpoint (last campaign and channel before the "
+                   "answer), lifecycle, or cohort:NAME (a saved cohort).")
+@click.option("--within", default="7d", show_default=True,
+              help="--by touchpoint: how long before the answer a touch counts.")
 @db_option
 @json_option
-def surveys_report(survey_id: str, db: Path, as_json: bool) -> None:
-    """Answers of SURVEY_ID; NPS with its 95 % interval."""
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (the rows of --by, else the "
+                                                    "score distribution).")
+def surveys_report(survey_id: str, by: str | None, within: str, db: Path, as_json: bool,
+                   as_csv: bool) -> None:
+    """Answers of SURVEY_ID: NPS with its 95 % adjusted-Wald interval (CSAT, CES: mean with
+    its interval and the share of the top two scores), overall or by a group."""
+    if as_json and as_csv:
+        raise click.UsageError("Choose one of --json and --csv.")
     with workspace(db) as ws:
-        report = ws.surveys.report(survey_id)
+        report = ws.surveys.report(survey_id, by, within=within)
+    distribution = [{"score": k, "answers": v} for k, v in sorted(report["distribution"].items())]
     if as_json:
         _json(report)
         return
-    keys = ("survey_id", "kind", "answers", "nps", "nps_low", "nps_high", "mean")
+    if as_csv:
+        _csv(report["rows"] if by else distribution)
+        return
+    keys = ("survey_id", "kind", "answers", "nps", "nps_low", "nps_high", "mean", "mean_low",
+            "mean_high", "top2")
     head: dict[str, Any] = {k: report[k] for k in keys if k in report}
     _table([head])
-    _table([{"score": k, "answers": v} for k, v in sorted(report["distribution"].items())])
+    if by:
+        _table(report["rows"], title=f"{survey_id} by {by}")
+    else:
+        _table(distribution)
+
+
+def _csv(rows: list[dict[str, Any]]) -> None:
+    import csv
+    import sys
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    if rows:
+        writer.writerow(rows[0].keys())
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row.values()])
+
+
+@surveys.command("verbatims")
+@click.argument("survey_id")
+@click.option("--limit", default=20, show_default=True, help="How many answers (newest first).")
+@click.option("--journey", default=5, show_default=True,
+              help="How many of the person's events before each answer.")
+@db_option
+@json_option
+def surveys_verbatims(survey_id: str, limit: int, journey: int, db: Path,
+                      as_json: bool) -> None:
+    """The latest answers of SURVEY_ID with a "why", with the journey that led to each."""
+    with workspace(db) as ws:
+        rows = ws.surveys.verbatims(survey_id, limit=limit, journey=journey)
+    if as_json:
+        _json(rows)
+        return
+    _table([{"answered_at": r["answered_at"], "score": r["score"], "why": r["why"],
+             "journey": " → ".join(j["step"] + (f" ({j['campaign']})" if j["campaign"] else "")
+                                   for j in r["journey"])} for r in rows],
+           title=f"{survey_id}: what people said, and what came before")
 
 
 @main.group()

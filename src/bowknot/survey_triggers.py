@@ -281,21 +281,36 @@ def match_sql(trigger: Mapping[str, Any], now: datetime, among: str | None = Non
     b_cond, b_params = (_step(rule["did_not"]).sql() if "did_not" in rule
                         else ("false", []))
     within = int(rule.get("within_seconds", 0))
-    where, where_params = f"(({a_cond}) OR ({b_cond}))", [*a_params, *b_params]
-    if among:
-        # Only the candidates' events: by their identifiers, before any join.
-        where += f""" AND (user_id IN (SELECT id_value FROM identities WHERE id_type = 'user_id'
-                                         AND person_id IN (SELECT person_id FROM {among}))
-                 OR anonymous_id IN (SELECT id_value FROM identities
-                                     WHERE id_type = 'anonymous_id'
-                                       AND person_id IN (SELECT person_id FROM {among}))
-                 OR key IN (SELECT x.key FROM event_fallback x JOIN identities i USING (node)
-                            WHERE i.person_id IN (SELECT person_id FROM {among})))"""
     columns = f", ({a_cond}) AS is_a, ({b_cond}) AS is_b"
-    only = f"AND person_id IN (SELECT person_id FROM {among})" if among else ""
-    sql = f"""WITH ev AS MATERIALIZED (
-          SELECT person_id, timestamp, is_a, is_b FROM {_person_events(where, columns)}
-          WHERE person_id IS NOT NULL {only}),
+    where = f"({a_cond}) OR ({b_cond})"
+    params = [*a_params, *b_params, *a_params, *b_params]
+    if among is None:
+        events = f"""SELECT person_id, timestamp, is_a, is_b
+            FROM {_person_events(where, columns)} WHERE person_id IS NOT NULL"""
+    else:
+        # Only the candidates' events, joined to the candidates' identifiers alone (small
+        # hash tables). An event is its userId's when that is valid, else its anonymousId's
+        # (as in person_events), so an anonymousId match counts only without a valid userId.
+        events = f"""WITH ids AS MATERIALIZED (
+              SELECT id_type, id_value, person_id FROM identities
+              WHERE person_id IN (SELECT person_id FROM {among})),
+            ev AS MATERIALIZED (SELECT key, user_id, anonymous_id, timestamp {columns}
+                                FROM events WHERE {where}),
+            by_anon AS MATERIALIZED (
+              SELECT i.person_id, ev.user_id, ev.timestamp, ev.is_a, ev.is_b FROM ev
+              JOIN ids i ON i.id_type = 'anonymous_id' AND i.id_value = ev.anonymous_id),
+            valid AS (SELECT id_value FROM identities WHERE id_type = 'user_id'
+                      AND id_value IN (SELECT user_id FROM by_anon))
+            SELECT i.person_id, ev.timestamp, ev.is_a, ev.is_b FROM ev
+              JOIN ids i ON i.id_type = 'user_id' AND i.id_value = ev.user_id
+            UNION ALL
+            SELECT person_id, timestamp, is_a, is_b FROM by_anon
+            WHERE user_id IS NULL OR user_id NOT IN (SELECT id_value FROM valid)
+            UNION ALL
+            SELECT i.person_id, ev.timestamp, ev.is_a, ev.is_b FROM ev
+              JOIN event_fallback x ON x.key = ev.key JOIN identities i ON i.node = x.node
+            WHERE i.person_id IN (SELECT person_id FROM {among})"""
+    sql = f"""WITH ev AS MATERIALIZED ({events}),
         a AS (SELECT person_id, min(timestamp) AS entered_at FROM ev WHERE is_a
               GROUP BY person_id)
         SELECT person_id, entered_at FROM a
@@ -303,19 +318,27 @@ def match_sql(trigger: Mapping[str, Any], now: datetime, among: str | None = Non
           AND NOT EXISTS (SELECT 1 FROM ev b WHERE b.is_b AND b.person_id = a.person_id
                           AND b.timestamp > a.entered_at
                           AND b.timestamp <= a.entered_at + to_seconds(?))"""
-    return sql, [*a_params, *b_params, *where_params, now, within, within]
+    return sql, [*params, now, within, within]
 
 
 def candidates_sql(trigger: Mapping[str, Any], low: int, high: int, closed_after: datetime,
                    closed_until: datetime) -> tuple[str, list[Any]]:
     """Persons whose match may have changed since the last evaluation: those with events in
     loads ``low`` .. ``high`` (new events, merges), and those with an A event whose window
-    closed in between (A at ``closed_after`` .. ``closed_until``)."""
+    closed in between (A at ``closed_after`` .. ``closed_until``). A superset is harmless
+    (the match decides), so every person of the events' identifiers is taken."""
     a_cond, a_params = _step(trigger["rule"]["did"]).sql()
-    return (f"""SELECT DISTINCT person_id FROM {_person_events("load_id > ? AND load_id <= ?")}
-                WHERE person_id IS NOT NULL
-              UNION
-              SELECT DISTINCT person_id FROM {_person_events(
-                  a_cond + " AND timestamp > ? AND timestamp <= ?")}
-                WHERE person_id IS NOT NULL""",
-            [low, high, *a_params, closed_after, closed_until])
+    return (f"""WITH new AS MATERIALIZED (
+              SELECT key, user_id, anonymous_id FROM events WHERE load_id > ? AND load_id <= ?
+              UNION ALL
+              SELECT key, user_id, anonymous_id FROM events
+              WHERE timestamp > ? AND timestamp <= ? AND {a_cond})
+            SELECT person_id FROM identities
+              WHERE id_type = 'user_id' AND id_value IN (SELECT user_id FROM new)
+            UNION
+            SELECT person_id FROM identities
+              WHERE id_type = 'anonymous_id' AND id_value IN (SELECT anonymous_id FROM new)
+            UNION
+            SELECT i.person_id FROM event_fallback x JOIN identities i USING (node)
+              WHERE x.key IN (SELECT key FROM new)""",
+            [low, high, closed_after, closed_until, *a_params])

@@ -19,7 +19,6 @@ import base64
 import hashlib
 import hmac
 import json
-import math
 import re
 import secrets
 import threading
@@ -29,9 +28,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import contact, survey_text, survey_triggers
+from . import contact, survey_reports, survey_text, survey_triggers
 from .errors import NotFound, ValidationError
 from .store.engine import run
+from .survey_reports import campaign_impact as campaign_impact  # re-exported: callers
+from .survey_reports import nps as nps  # import both from here
 
 KINDS: dict[str, tuple[int, int]] = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}
 
@@ -358,98 +359,14 @@ class Surveys:
                        [_now(), inv["invitation_id"]])
         return {"state": "recorded", "invitation": inv}
 
-    # -- what the answers say ------------------------------------------------------------------
-    def report(self, survey_id: str) -> dict[str, Any]:
-        """Answers, and for NPS the score with a 95 % adjusted-Wald interval."""
-        survey = self.get(survey_id)
-        rows = self._q("""
-            SELECT TRY_CAST(properties->>'score' AS INTEGER) AS score, count(*) AS n
-            FROM events WHERE event = 'survey_answered'
-              AND properties->>'survey_id' = ? GROUP BY 1 ORDER BY 1""", [survey_id])
-        dist = {r["score"]: r["n"] for r in rows if r["score"] is not None}
-        n = sum(dist.values())
-        out: dict[str, Any] = {"survey_id": survey_id, "kind": survey["kind"], "answers": n,
-                               "distribution": dist,
-                               "flags": self._q("""SELECT f.kind, count(*) AS n
-                                   FROM survey_flags f JOIN survey_invitations i
-                                   USING (invitation_id) WHERE i.survey_id = ?
-                                   GROUP BY 1""", [survey_id])}
-        if survey["kind"] == "nps":
-            out.update(nps(sum(v for k, v in dist.items() if k >= 9),
-                           sum(v for k, v in dist.items() if k <= 6), n))
-        elif n:
-            out["mean"] = sum(k * v for k, v in dist.items()) / n
-        return out
+    # -- what the answers say (survey_reports.py) -----------------------------------------
+    def report(self, survey_id: str, by: str | None = None, *,
+               within: str = "7d") -> dict[str, Any]:
+        """Answers, NPS with its adjusted-Wald interval (CSAT, CES: mean and interval),
+        overall or ``by`` day, week, month, touchpoint, lifecycle or cohort:NAME."""
+        return survey_reports.report(self.ws, survey_id, by, within=within)
 
-
-def campaign_impact(ws: Any, campaign_id: str, *, within_days: float = 3.0,
-                    survey_id: str | None = None, themes: int = 5) -> dict[str, Any]:
-    """The experience impact of a campaign: NPS (with its interval) of those who converted
-    (booked within ``within_days`` of their first click), those who clicked and did not
-    convert, those who ignored it, and those it was not sent to, from answers given after the
-    send, with the most frequent "why"s of each group.
-    """
-    booking = ws.settings.booking_event
-    params: list[Any] = [campaign_id, campaign_id, booking, within_days, campaign_id]
-    survey_filter = ""
-    if survey_id is not None:
-        survey_filter = "AND properties->>'survey_id' = ?"
-        params.append(survey_id)
-    rows = ws.store.query(f"""
-        WITH pe AS (SELECT person_id, event, timestamp, properties FROM person_events
-                    WHERE person_id IS NOT NULL),
-        sent AS (SELECT person_id, min(timestamp) AS t FROM pe
-                 WHERE event = 'Campaign Sent' AND properties->>'campaign_id' = ? GROUP BY 1),
-        clicked AS (SELECT person_id, min(timestamp) AS t FROM pe
-                    WHERE event = 'Campaign Clicked' AND properties->>'campaign_id' = ?
-                    GROUP BY 1),
-        converted AS (SELECT DISTINCT c.person_id FROM clicked c JOIN pe b
-                      ON b.person_id = c.person_id AND b.event = ? AND b.timestamp > c.t
-                      AND b.timestamp <= c.t + to_microseconds((? * 86400e6)::BIGINT)),
-        known AS (SELECT DISTINCT person_id FROM persons WHERE known_at IS NOT NULL),
-        grp AS (
-          SELECT k.person_id,
-                 CASE WHEN v.person_id IS NOT NULL THEN 'converted'
-                      WHEN c.person_id IS NOT NULL THEN 'clicked_not_converted'
-                      WHEN s.person_id IS NOT NULL THEN 'ignored'
-                      ELSE 'not_sent' END AS grp
-          FROM known k LEFT JOIN sent s USING (person_id) LEFT JOIN clicked c USING (person_id)
-          LEFT JOIN converted v USING (person_id)),
-        answers AS (
-          SELECT person_id, TRY_CAST(properties->>'score' AS INTEGER) AS score,
-                 nullif(trim(properties->>'why'), '') AS why
-          FROM pe WHERE event = 'survey_answered'
-            AND timestamp > (SELECT min(t) FROM sent WHERE ? IS NOT NULL) {survey_filter})
-        SELECT g.grp, count(DISTINCT g.person_id) AS persons,
-               count(a.score) AS answers,
-               count_if(a.score >= 9) AS promoters, count_if(a.score <= 6) AS detractors,
-               list(a.why) FILTER (WHERE a.why IS NOT NULL) AS whys
-        FROM grp g LEFT JOIN answers a USING (person_id) GROUP BY g.grp""", params)
-    order = ["converted", "clicked_not_converted", "ignored", "not_sent"]
-    groups = []
-    for r in sorted(rows, key=lambda r: order.index(r["grp"])):
-        counts: dict[str, int] = {}
-        for why in r["whys"] or []:  # the themes: verbatims by frequency, per group
-            counts[why] = counts.get(why, 0) + 1
-        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:themes]
-        groups.append({"group": r["grp"], "persons": r["persons"], "answers": r["answers"],
-                       **nps(r["promoters"], r["detractors"], r["answers"]),
-                       "themes": [{"why": w, "answers": n} for w, n in top]})
-    return {"campaign_id": campaign_id, "within_days": within_days, "survey_id": survey_id,
-            "groups": groups}
-
-
-def nps(promoters: int, detractors: int, n: int, z: float = 1.96) -> dict[str, Any]:
-    """NPS (-100..100) with the adjusted-Wald interval (Sauro & Lewis): add 3/4 of an answer
-    to promoters and detractors and 3 to n, then a Wald interval on the difference."""
-    if n == 0:
-        return {"nps": None, "nps_low": None, "nps_high": None, "promoters": 0,
-                "detractors": 0}
-    na = n + 3
-    pp, pd = (promoters + 0.75) / na, (detractors + 0.75) / na
-    adj = pp - pd
-    half = z * math.sqrt(max(pp + pd - adj * adj, 0.0) / na)
-    return {"nps": round(100 * (promoters - detractors) / n, 1),
-            "nps_low": round(100 * max(adj - half, -1.0), 1),
-            "nps_high": round(100 * min(adj + half, 1.0), 1),
-            "promoters": promoters, "detractors": detractors}
+    def verbatims(self, survey_id: str, *, limit: int = 20, journey: int = 5
+                  ) -> list[dict[str, Any]]:
+        """The latest answers with a "why", each with the ``journey`` events before it."""
+        return survey_reports.verbatims(self.ws, survey_id, limit=limit, journey=journey)

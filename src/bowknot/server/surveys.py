@@ -275,9 +275,23 @@ async def replay(request: Request, delivery_id: str) -> JSONResponse:
     return _json(await run_in_threadpool(webhooks.replay, _ws(request), delivery_id))
 
 
-@router.get("/surveys/{survey_id}/report", summary="Answers and NPS with its interval")
-async def report(request: Request, survey_id: str) -> JSONResponse:
-    return _json(await run_in_threadpool(_ws(request).surveys.report, survey_id))
+@router.get("/surveys/{survey_id}/report",
+            summary="Answers: NPS with its interval (CSAT, CES: mean), overall or by a group")
+async def report(request: Request, survey_id: str, by: str | None = None,
+                 within: str = "7d") -> JSONResponse:
+    """``by``: day, week, month, touchpoint, lifecycle or cohort:NAME."""
+    ws = _ws(request)
+    return _json(await run_in_threadpool(lambda: ws.surveys.report(survey_id, by,
+                                                                   within=within)))
+
+
+@router.get("/surveys/{survey_id}/verbatims",
+            summary="The latest answers with a why, each with the journey before it")
+async def verbatims(request: Request, survey_id: str, limit: int = 20,
+                    journey: int = 5) -> JSONResponse:
+    ws = _ws(request)
+    return _json(await run_in_threadpool(lambda: ws.surveys.verbatims(
+        survey_id, limit=limit, journey=journey)))
 
 
 __all__ = ["BowknotError", "public", "router"]
