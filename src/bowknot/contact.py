@@ -73,8 +73,33 @@ def invite_members(con: duckdb.DuckDBPyConnection, settings: Any, survey: dict[s
     send_after = _send_after(settings.survey_quiet_hours)
     available = sorted({*survey_text.LANGUAGES, *survey["translations"]})
     langs = "[" + ", ".join("'" + x.replace("'", "") + "'" for x in available) + "]"
+    # Invitations by their person as of now: a person merged into another since is the other.
+    current = """(SELECT coalesce(r.person_id, i.person_id) AS person_id, i.survey_id,
+                         i.trigger, i.channel, i.created_at
+                  FROM survey_invitations i
+                  LEFT JOIN person_redirects r ON r.old_person_id = i.person_id)"""
+    run(con, f"""CREATE OR REPLACE TEMP TABLE s_members AS
+        SELECT person_id, (hash(person_id, ?) % 10000) / 10000.0 AS draw
+        FROM (SELECT DISTINCT person_id FROM ({members}) WHERE person_id IS NOT NULL)""",
+        [survey_id, *params])
+    run(con, f"""CREATE OR REPLACE TEMP TABLE s_asked AS
+        SELECT DISTINCT person_id FROM {current}
+        WHERE channel <> 'holdout' AND created_at > ?::TIMESTAMP - to_days(?)
+          AND person_id IN (SELECT person_id FROM s_members)""", [now, contact_days])
+    run(con, f"""CREATE OR REPLACE TEMP TABLE s_already AS
+        SELECT DISTINCT person_id FROM {current} WHERE survey_id = ? AND trigger = ?
+          AND person_id IN (SELECT person_id FROM s_members)""", [survey_id, trigger])
+    counts = rows(con, """SELECT count(*) AS members,
+        count(*) FILTER (WHERE person_id IN (SELECT person_id FROM s_already)) AS already,
+        count(*) FILTER (WHERE person_id IN (SELECT person_id FROM s_asked)) AS contacted_recently,
+        count(*) FILTER (WHERE draw >= ?) AS not_sampled
+        FROM s_members""", [survey["sample"]])[0]
+    # Identifiers, language and time zone of those who will be invited (or held out) only.
     run(con, f"""CREATE OR REPLACE TEMP TABLE s_cand AS
-        WITH members AS (SELECT DISTINCT person_id FROM ({members}) WHERE person_id IS NOT NULL),
+        WITH members AS (
+          SELECT * FROM s_members WHERE draw < ?
+            AND person_id NOT IN (SELECT person_id FROM s_already)
+            AND person_id NOT IN (SELECT person_id FROM s_asked)),
         ids AS (
           SELECT person_id,
                  arg_min(id_value, first_seen) FILTER (WHERE id_type = 'user_id') AS u,
@@ -87,31 +112,13 @@ def invite_members(con: duckdb.DuckDBPyConnection, settings: Any, survey: dict[s
                  any_value(value->>'$') FILTER (WHERE trait IN ('language', 'locale')) AS lang,
                  any_value(value->>'$') FILTER (WHERE trait = 'timezone') AS tz
           FROM person_traits SEMI JOIN members USING (person_id) GROUP BY person_id),
-        h AS (SELECT m.person_id, ids.u, ids.a, ids.e, traits.lang,
+        h AS (SELECT m.person_id, m.draw, ids.u, ids.a, ids.e, traits.lang,
                      CASE WHEN traits.tz IN (SELECT name FROM pg_timezone_names())
-                          THEN traits.tz ELSE '{tz_default}' END AS tz,
-                     (hash(m.person_id, ?) % 10000) / 10000.0 AS draw
+                          THEN traits.tz ELSE '{tz_default}' END AS tz
               FROM members m LEFT JOIN ids USING (person_id)
               LEFT JOIN traits USING (person_id))
         SELECT *, timezone(tz, ?::TIMESTAMP::TIMESTAMPTZ) AS local FROM h""",
-        [*params, survey_id, now])
-    # Invitations by their person as of now: a person merged into another since is the other.
-    current = """(SELECT coalesce(r.person_id, i.person_id) AS person_id, i.survey_id,
-                         i.trigger, i.channel, i.created_at
-                  FROM survey_invitations i
-                  LEFT JOIN person_redirects r ON r.old_person_id = i.person_id)"""
-    run(con, f"""CREATE OR REPLACE TEMP TABLE s_asked AS
-        SELECT DISTINCT person_id FROM {current}
-        WHERE channel <> 'holdout' AND created_at > ?::TIMESTAMP - to_days(?)""",
-        [now, contact_days])
-    run(con, f"""CREATE OR REPLACE TEMP TABLE s_already AS
-        SELECT DISTINCT person_id FROM {current} WHERE survey_id = ? AND trigger = ?""",
-        [survey_id, trigger])
-    counts = rows(con, """SELECT count(*) AS members,
-        count(*) FILTER (WHERE person_id IN (SELECT person_id FROM s_already)) AS already,
-        count(*) FILTER (WHERE person_id IN (SELECT person_id FROM s_asked)) AS contacted_recently,
-        count(*) FILTER (WHERE draw >= ?) AS not_sampled
-        FROM s_cand""", [survey["sample"]])[0]
+        [survey["sample"], now])
     run(con, f"""INSERT INTO survey_invitations (invitation_id, survey_id, person_id,
             trigger, channel, language, user_id, anonymous_id, email, created_at,
             expires_at, send_after)
@@ -121,12 +128,9 @@ def invite_members(con: duckdb.DuckDBPyConnection, settings: Any, survey: dict[s
                     THEN lower(split_part(lang, '-', 1)) ELSE ? END,
                u, CASE WHEN u IS NULL THEN coalesce(a, 'survey-' || md5(person_id)) END,
                e, ?, ?, {send_after}
-        FROM s_cand
-        WHERE draw < ?
-          AND person_id NOT IN (SELECT person_id FROM s_already)
-          AND person_id NOT IN (SELECT person_id FROM s_asked)""",
+        FROM s_cand""",
         [survey_id, trigger, now, survey_id, trigger, survey["holdout"], channel,
-         survey["language"], now, expires, survey["sample"]])
+         survey["language"], now, expires])
     made = rows(con, """SELECT count(*) FILTER (WHERE channel <> 'holdout') AS invited,
             count(*) FILTER (WHERE channel = 'holdout') AS holdout,
             count(*) FILTER (WHERE send_after > ?) AS deferred_quiet_hours

@@ -201,6 +201,7 @@ class Triggers:
             now = _now()
             incremental = not full and trigger["evaluated_load"] is not None
             matches, params = match_sql(trigger, now)
+            phases: dict[str, float] = {}
             if incremental:
                 within = int(trigger["rule"].get("within_seconds", 0))
                 cand, cparams = candidates_sql(trigger, trigger["evaluated_load"], high,
@@ -209,12 +210,15 @@ class Triggers:
                                                    seconds=within))
                 run(con, f"CREATE OR REPLACE TEMP TABLE t_cand AS {cand}", cparams)
                 matches, params = match_sql(trigger, now, "t_cand")
+                phases["candidates"] = time.perf_counter() - started
             run(con, f"CREATE OR REPLACE TEMP TABLE t_match AS {matches}", params)
+            phases["match"] = time.perf_counter() - started - sum(phases.values())
             considered = (run(con, "SELECT count(*) FROM t_cand")[0][0] if incremental
                           else None)
             counts = contact.invite_members(
                 con, self.ws.settings, survey, "SELECT person_id FROM t_match", [],
                 trigger=name, channel=trigger["channel"], now=now)
+            phases["invite"] = time.perf_counter() - started - sum(phases.values())
             run(con, """UPDATE survey_triggers SET evaluated_load = ?, evaluated_until = ?,
                 evaluated_at = ?, evaluations = evaluations + 1, invited = invited + ?,
                 holdout = holdout + ?, last_error = NULL WHERE name = ?""",
@@ -223,7 +227,8 @@ class Triggers:
         return {"trigger": name, "survey_id": trigger["survey_id"],
                 "mode": "incremental" if incremental else "full", "through_load": high,
                 "candidates": considered, **counts,
-                "seconds": round(time.perf_counter() - started, 3)}
+                "seconds": round(time.perf_counter() - started, 3),
+                "phases": {k: round(v, 3) for k, v in phases.items()}}
 
     def evaluate_all(self, *, full: bool = False) -> builtins.list[dict[str, Any]]:
         """Evaluate every active trigger now."""
