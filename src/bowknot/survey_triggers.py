@@ -8,13 +8,17 @@ A trigger sends one survey to everyone who matches a rule:
   enters at their first A (as in :mod:`bowknot.journeys.cohorts`) and matches once T has
   passed with no B after it.
 
-Triggers are evaluated after every build (a builder hook), incrementally: only persons with
-events in loads built since the trigger's watermark (``evaluated_load``), plus persons whose
-window closed since the last evaluation (an A at ``evaluated_until - T`` .. ``now - T``), even
-with no new events. The matches are invited in one statement under the contact rules
-(contact.py); invitations are unique per survey, person and trigger (the trigger's name), so
-re-evaluation, retries and overlapping runs never invite anybody twice. The watermark moves in
-the same transaction as the invitations. Delivery is the existing channels' (``send-due``).
+Triggers are evaluated after every build (a builder hook), incrementally: each trigger keeps
+each person's first A (``survey_trigger_entries``) and a watermark (``evaluated_load``,
+``evaluated_until``). An evaluation adds the A events of the loads built since, then decides
+the persons whose window closed since the last evaluation (even with no new events) or whose
+first A changed, reading only their B events. The matches are invited in one statement under
+the contact rules (contact.py); invitations are unique per survey, person and trigger (the
+trigger's name), so re-evaluation, retries and overlapping runs never invite anybody twice.
+The entries and the watermark move in the same transaction as the invitations. Delivery is
+the existing channels' (``send-due``). The SQL is DuckDB's (events are filtered before they
+are joined to persons); the portable definition of the same persons is the Ibis cohort, and
+a test checks that both agree.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ DDL: tuple[str, ...] = (
         since TIMESTAMP, active BOOLEAN, created_at TIMESTAMP,
         evaluated_load BIGINT, evaluated_until TIMESTAMP, evaluated_at TIMESTAMP,
         evaluations BIGINT, invited BIGINT, holdout BIGINT, last_error VARCHAR)""",
+    # Each person's first A, per trigger: what an incremental evaluation starts from, so it
+    # reads the new loads' events and the candidates' B events, never every A again.
+    """CREATE TABLE IF NOT EXISTS survey_trigger_entries (
+        trigger VARCHAR, person_id VARCHAR, entered_at TIMESTAMP)""",
 )
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_:-]{0,63}$")
@@ -168,6 +176,7 @@ class Triggers:
         self.get(name)
         with self.ws.builder.transaction() as con:
             run(con, "DELETE FROM survey_triggers WHERE name = ?", [name])
+            run(con, "DELETE FROM survey_trigger_entries WHERE trigger = ?", [name])
 
     # -- evaluation ---------------------------------------------------------------------------
     def after_build(self, result: BuildResult) -> None:
@@ -191,34 +200,47 @@ class Triggers:
 
     def evaluate(self, name: str, *, full: bool = False) -> dict[str, Any]:
         """Evaluate trigger ``name`` now (incrementally from its watermark unless ``full``)
-        and invite its new matches; returns what happened, with the count per contact rule."""
+        and invite its new matches; returns what happened, with the count per contact rule
+        and the time of each phase."""
         trigger = self.get(name)
         survey = self.ws.surveys.get(trigger["survey_id"])
         started = time.perf_counter()
+        phases: dict[str, float] = {}
+
+        def phase(label: str) -> None:
+            phases[label] = round(time.perf_counter() - started - sum(phases.values()), 3)
+
         with self.ws.builder.transaction() as con, self.ws.surveys._lock:
             built = run(con, "SELECT value FROM meta WHERE key = 'build_load_id'")
             high = int(built[0][0]) if built else 0
             now = _now()
             incremental = not full and trigger["evaluated_load"] is not None
-            matches, params = match_sql(trigger, now)
-            phases: dict[str, float] = {}
+            rule = Rule(trigger)
             if incremental:
-                within = int(trigger["rule"].get("within_seconds", 0))
-                cand, cparams = candidates_sql(trigger, trigger["evaluated_load"], high,
-                                               trigger["evaluated_until"] - timedelta(
-                                                   seconds=within), now - timedelta(
-                                                   seconds=within))
-                run(con, f"CREATE OR REPLACE TEMP TABLE t_cand AS {cand}", cparams)
-                matches, params = match_sql(trigger, now, "t_cand")
-                phases["candidates"] = time.perf_counter() - started
-            run(con, f"CREATE OR REPLACE TEMP TABLE t_match AS {matches}", params)
-            phases["match"] = time.perf_counter() - started - sum(phases.values())
-            considered = (run(con, "SELECT count(*) FROM t_cand")[0][0] if incremental
-                          else None)
+                for sql, params in rule.incremental(trigger["evaluated_load"], high):
+                    run(con, sql, params)
+            else:
+                for sql, params in rule.full():
+                    run(con, sql, params)
+            phase("entries")
+            run(con, "DELETE FROM survey_trigger_entries WHERE trigger = ?", [name])
+            run(con, """INSERT INTO survey_trigger_entries
+                        SELECT ?, person_id, entered_at FROM t_entries""", [name])
+            # Decided now: windows closed since the last evaluation, and changed entries.
+            since_until = (trigger["evaluated_until"] - timedelta(seconds=rule.within)
+                           if incremental else datetime.min)
+            run(con, """CREATE OR REPLACE TEMP TABLE t_cand AS
+                SELECT person_id, entered_at FROM t_entries
+                WHERE entered_at <= ?::TIMESTAMP - to_seconds(?)
+                  AND (changed OR entered_at > ?)""", [now, rule.within, since_until])
+            considered = int(run(con, "SELECT count(*) FROM t_cand")[0][0])
+            for sql, params in rule.matches(incremental):
+                run(con, sql, params)
+            phase("match")
             counts = contact.invite_members(
                 con, self.ws.settings, survey, "SELECT person_id FROM t_match", [],
                 trigger=name, channel=trigger["channel"], now=now)
-            phases["invite"] = time.perf_counter() - started - sum(phases.values())
+            phase("invite")
             run(con, """UPDATE survey_triggers SET evaluated_load = ?, evaluated_until = ?,
                 evaluated_at = ?, evaluations = evaluations + 1, invited = invited + ?,
                 holdout = holdout + ?, last_error = NULL WHERE name = ?""",
@@ -227,8 +249,7 @@ class Triggers:
         return {"trigger": name, "survey_id": trigger["survey_id"],
                 "mode": "incremental" if incremental else "full", "through_load": high,
                 "candidates": considered, **counts,
-                "seconds": round(time.perf_counter() - started, 3),
-                "phases": {k: round(v, 3) for k, v in phases.items()}}
+                "seconds": round(time.perf_counter() - started, 3), "phases": phases}
 
     def evaluate_all(self, *, full: bool = False) -> builtins.list[dict[str, Any]]:
         """Evaluate every active trigger now."""
@@ -261,89 +282,110 @@ def _duration(s: int) -> str:
 # the fallback identifier), with the filter on the raw events first, so only matching events
 # are joined to identities.
 def _person_events(where: str, columns: str = "") -> str:
-    return f"""(SELECT e.* EXCLUDE (key, user_id, anonymous_id),
+    return f"""(WITH e AS MATERIALIZED (
+          SELECT key, user_id, anonymous_id, timestamp {columns} FROM events WHERE {where}),
+        ids AS MATERIALIZED (
+          SELECT id_type, id_value, person_id FROM identities
+          WHERE (id_type = 'user_id' AND id_value IN (SELECT user_id FROM e))
+             OR (id_type = 'anonymous_id' AND id_value IN (SELECT anonymous_id FROM e)))
+        SELECT e.* EXCLUDE (key, user_id, anonymous_id),
                coalesce(u.person_id, a.person_id, f.person_id) AS person_id
-        FROM (SELECT key, user_id, anonymous_id, timestamp, load_id {columns} FROM events
-              WHERE {where}) e
-        LEFT JOIN (SELECT id_value, person_id FROM identities WHERE id_type = 'user_id') u
-          ON u.id_value = e.user_id
-        LEFT JOIN (SELECT id_value, person_id FROM identities
-                   WHERE id_type = 'anonymous_id') a ON a.id_value = e.anonymous_id
+        FROM e
+        LEFT JOIN ids u ON u.id_type = 'user_id' AND u.id_value = e.user_id
+        LEFT JOIN ids a ON a.id_type = 'anonymous_id' AND a.id_value = e.anonymous_id
         LEFT JOIN (SELECT x.key, i.person_id FROM event_fallback x JOIN identities i
                    USING (node)) f ON f.key = e.key)"""
 
 
-def match_sql(trigger: Mapping[str, Any], now: datetime, among: str | None = None
-              ) -> tuple[str, list[Any]]:
-    """The persons the trigger's rule matches at ``now`` (``person_id``, ``entered_at``), only
-    among the persons of table ``among`` when given. One statement, one pass over the events
-    (A and B events together)."""
-    rule = trigger["rule"]
-    a_cond, a_params = _step(rule["did"]).sql()
-    if trigger["since"] is not None:
-        a_cond += " AND timestamp >= ?"
-        a_params.append(trigger["since"])
-    b_cond, b_params = (_step(rule["did_not"]).sql() if "did_not" in rule
-                        else ("false", []))
-    within = int(rule.get("within_seconds", 0))
-    columns = f", ({a_cond}) AS is_a, ({b_cond}) AS is_b"
-    where = f"({a_cond}) OR ({b_cond})"
-    params = [*a_params, *b_params, *a_params, *b_params]
-    if among is None:
-        events = f"""SELECT person_id, timestamp, is_a, is_b
-            FROM {_person_events(where, columns)} WHERE person_id IS NOT NULL"""
-    else:
-        # Only the candidates' events, joined to the candidates' identifiers alone (small
-        # hash tables). An event is its userId's when that is valid, else its anonymousId's
-        # (as in person_events), so an anonymousId match counts only without a valid userId.
-        events = f"""WITH ids AS MATERIALIZED (
-              SELECT id_type, id_value, person_id FROM identities
-              WHERE person_id IN (SELECT person_id FROM {among})),
-            ev AS MATERIALIZED (SELECT key, user_id, anonymous_id, timestamp {columns}
-                                FROM events WHERE {where}),
-            by_anon AS MATERIALIZED (
-              SELECT i.person_id, ev.user_id, ev.timestamp, ev.is_a, ev.is_b FROM ev
-              JOIN ids i ON i.id_type = 'anonymous_id' AND i.id_value = ev.anonymous_id),
-            valid AS (SELECT id_value FROM identities WHERE id_type = 'user_id'
-                      AND id_value IN (SELECT user_id FROM by_anon))
-            SELECT i.person_id, ev.timestamp, ev.is_a, ev.is_b FROM ev
-              JOIN ids i ON i.id_type = 'user_id' AND i.id_value = ev.user_id
-            UNION ALL
-            SELECT person_id, timestamp, is_a, is_b FROM by_anon
-            WHERE user_id IS NULL OR user_id NOT IN (SELECT id_value FROM valid)
-            UNION ALL
-            SELECT i.person_id, ev.timestamp, ev.is_a, ev.is_b FROM ev
-              JOIN event_fallback x ON x.key = ev.key JOIN identities i ON i.node = x.node
-            WHERE i.person_id IN (SELECT person_id FROM {among})"""
-    sql = f"""WITH ev AS MATERIALIZED ({events}),
-        a AS (SELECT person_id, min(timestamp) AS entered_at FROM ev WHERE is_a
-              GROUP BY person_id)
-        SELECT person_id, entered_at FROM a
-        WHERE entered_at <= ?::TIMESTAMP - to_seconds(?)
-          AND NOT EXISTS (SELECT 1 FROM ev b WHERE b.is_b AND b.person_id = a.person_id
-                          AND b.timestamp > a.entered_at
-                          AND b.timestamp <= a.entered_at + to_seconds(?))"""
-    return sql, [*params, now, within, within]
+class Rule:
+    """The SQL of a trigger's rule: each statement with its parameters, leaving temporary
+    tables on the evaluation's connection: ``t_entries`` (person_id, entered_at: the first A;
+    changed: to be decided again), then, with ``t_cand`` (the entries to decide), ``t_match``.
+    """
 
+    def __init__(self, trigger: Mapping[str, Any]) -> None:
+        rule = trigger["rule"]
+        self.trigger = trigger["name"]
+        self.a, self.a_params = _step(rule["did"]).sql()
+        if trigger["since"] is not None:
+            self.a += " AND timestamp >= ?"
+            self.a_params.append(trigger["since"])
+        self.b, self.b_params = (_step(rule["did_not"]).sql() if "did_not" in rule
+                                 else ("false", []))
+        self.within = int(rule.get("within_seconds", 0))
 
-def candidates_sql(trigger: Mapping[str, Any], low: int, high: int, closed_after: datetime,
-                   closed_until: datetime) -> tuple[str, list[Any]]:
-    """Persons whose match may have changed since the last evaluation: those with events in
-    loads ``low`` .. ``high`` (new events, merges), and those with an A event whose window
-    closed in between (A at ``closed_after`` .. ``closed_until``). A superset is harmless
-    (the match decides), so every person of the events' identifiers is taken."""
-    a_cond, a_params = _step(trigger["rule"]["did"]).sql()
-    return (f"""WITH new AS MATERIALIZED (
-              SELECT key, user_id, anonymous_id FROM events WHERE load_id > ? AND load_id <= ?
-              UNION ALL
-              SELECT key, user_id, anonymous_id FROM events
-              WHERE timestamp > ? AND timestamp <= ? AND {a_cond})
-            SELECT person_id FROM identities
-              WHERE id_type = 'user_id' AND id_value IN (SELECT user_id FROM new)
-            UNION
-            SELECT person_id FROM identities
-              WHERE id_type = 'anonymous_id' AND id_value IN (SELECT anonymous_id FROM new)
-            UNION
-            SELECT i.person_id FROM event_fallback x JOIN identities i USING (node)
-              WHERE x.key IN (SELECT key FROM new)""",
-            [low, high, closed_after, closed_until, *a_params])
+    def full(self) -> list[tuple[str, list[Any]]]:
+        """Every A and B event with its person, in one pass; the first A of each person."""
+        columns = f", ({self.a}) AS is_a, ({self.b}) AS is_b"
+        return [
+            (f"""CREATE OR REPLACE TEMP TABLE t_ev AS
+                SELECT person_id, timestamp, is_a, is_b
+                FROM {_person_events(f"({self.a}) OR ({self.b})", columns)}
+                WHERE person_id IS NOT NULL""",
+             [*self.a_params, *self.b_params, *self.a_params, *self.b_params]),
+            ("""CREATE OR REPLACE TEMP TABLE t_entries AS
+                SELECT person_id, min(timestamp) AS entered_at, true AS changed
+                FROM t_ev WHERE is_a GROUP BY person_id""", []),
+        ]
+
+    def incremental(self, low: int, high: int) -> list[tuple[str, list[Any]]]:
+        """The stored entries, under their persons' current ids (merged persons take the
+        earlier A), with the A events of loads ``low`` .. ``high``."""
+        return [
+            (f"""CREATE OR REPLACE TEMP TABLE t_new AS
+                SELECT person_id, min(timestamp) AS entered_at
+                FROM {_person_events(f"load_id > ? AND load_id <= ? AND {self.a}")}
+                WHERE person_id IS NOT NULL GROUP BY person_id""",
+             [low, high, *self.a_params]),
+            ("""CREATE OR REPLACE TEMP TABLE t_entries AS
+                SELECT coalesce(r.person_id, x.person_id) AS person_id,
+                       min(x.entered_at) AS entered_at,
+                       bool_or(x.fresh OR r.person_id IS NOT NULL) AS changed
+                FROM (SELECT person_id, entered_at, false AS fresh
+                      FROM survey_trigger_entries WHERE trigger = ?
+                      UNION ALL SELECT person_id, entered_at, true FROM t_new) x
+                LEFT JOIN person_redirects r ON r.old_person_id = x.person_id
+                GROUP BY 1""", [self.trigger]),
+        ]
+
+    def matches(self, incremental: bool) -> list[tuple[str, list[Any]]]:
+        """``t_match``: the candidates with no B after their first A within the window."""
+        if not incremental:
+            b_events = "SELECT person_id, timestamp FROM t_ev WHERE is_b"
+            b_params: list[Any] = []
+        else:
+            # Only the candidates' B events, joined to the candidates' identifiers alone (small
+            # hash tables). An event is its userId's when that is valid, else its
+            # anonymousId's (as in person_events): an anonymousId match counts only without a
+            # valid userId.
+            b_events = f"""WITH ids AS MATERIALIZED (
+                  SELECT id_type, id_value, person_id FROM identities
+                  WHERE person_id IN (SELECT person_id FROM t_cand)),
+                ev AS MATERIALIZED (SELECT key, user_id, anonymous_id, timestamp FROM events
+                                    WHERE {self.b}),
+                by_anon AS MATERIALIZED (
+                  SELECT i.person_id, ev.user_id, ev.timestamp FROM ev
+                  JOIN ids i ON i.id_type = 'anonymous_id' AND i.id_value = ev.anonymous_id),
+                valid AS (SELECT id_value FROM identities WHERE id_type = 'user_id'
+                          AND id_value IN (SELECT user_id FROM by_anon))
+                SELECT i.person_id, ev.timestamp FROM ev
+                  JOIN ids i ON i.id_type = 'user_id' AND i.id_value = ev.user_id
+                UNION ALL
+                SELECT person_id, timestamp FROM by_anon
+                WHERE user_id IS NULL OR user_id NOT IN (SELECT id_value FROM valid)
+                UNION ALL
+                SELECT i.person_id, ev.timestamp FROM ev
+                  JOIN event_fallback x ON x.key = ev.key JOIN identities i ON i.node = x.node
+                WHERE i.person_id IN (SELECT person_id FROM t_cand)"""
+            b_params = list(self.b_params)
+        if self.b == "false":  # an event trigger: every candidate matches
+            return [("CREATE OR REPLACE TEMP TABLE t_match AS SELECT * FROM t_cand", [])]
+        return [
+            (f"CREATE OR REPLACE TEMP TABLE t_b AS {b_events}", b_params),
+            ("""CREATE OR REPLACE TEMP TABLE t_match AS
+                SELECT c.person_id, c.entered_at FROM t_cand c
+                WHERE NOT EXISTS (SELECT 1 FROM t_b b WHERE b.person_id = c.person_id
+                                  AND b.timestamp > c.entered_at
+                                  AND b.timestamp <= c.entered_at + to_seconds(?))""",
+             [self.within]),
+        ]
