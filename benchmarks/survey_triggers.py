@@ -127,12 +127,12 @@ def main() -> None:
                                    did=f"Campaign Clicked[campaign_id={CAMPAIGN}]",
                                    did_not="Booking Completed", within="3d", channel="email")
 
-            def full() -> dict[str, Any]:
+            def evaluate(full: bool = False) -> dict[str, Any]:
                 t = time.perf_counter()
-                r = ws.surveys.triggers.evaluate("clicked-not-booked")
+                r = ws.surveys.triggers.evaluate("clicked-not-booked", full=full)
                 return {"seconds": time.perf_counter() - t, "evaluation": r}
 
-            result, peer_s, cohort = around(ws, full)
+            result, peer_s, cohort = around(ws, evaluate)
             got, twice = invited(ws)
             out["full"] = {**result, "peer_seconds": peer_s, "cohort": len(cohort),
                            "invited_with_holdout": len(got), "missing": len(cohort - got),
@@ -151,12 +151,7 @@ def main() -> None:
             build_s = time.perf_counter() - t
             ws.surveys.triggers.resume("clicked-not-booked")
 
-            def incremental() -> dict[str, Any]:
-                t = time.perf_counter()
-                r = ws.surveys.triggers.evaluate("clicked-not-booked")
-                return {"seconds": time.perf_counter() - t, "evaluation": r}
-
-            result, peer_s, cohort = around(ws, incremental)
+            result, peer_s, cohort = around(ws, evaluate)
             got, twice = invited(ws)
             # "left": invited before, out of the cohort now (a late booking within their
             # window arrived with the new events); an invitation is not taken back.
@@ -171,12 +166,7 @@ def main() -> None:
                   f"({result['seconds'] / peer_s:.2f}x); cohort {len(cohort):,}, invited "
                   f"{len(got):,}", flush=True)
 
-            def again() -> dict[str, Any]:
-                t = time.perf_counter()
-                r = ws.surveys.triggers.evaluate("clicked-not-booked", full=True)
-                return {"seconds": time.perf_counter() - t, "evaluation": r}
-
-            result, peer_s, _ = around(ws, again)
+            result, peer_s, _ = around(ws, lambda: evaluate(full=True))
             out["full_again"] = {**result, "peer_seconds": peer_s,
                                  "ratio_vs_peer": result["seconds"] / peer_s}
             print(f"full re-evaluation (nobody new): {result['seconds']:.2f} s vs "

@@ -197,34 +197,23 @@ def trigger_list(survey_id: str | None, db: Path, as_json: bool) -> None:
     _json(rows) if as_json else _table([{k: r[k] for k in _TRIGGER_COLUMNS} for r in rows])
 
 
-@surveys_trigger.command("pause")
-@click.argument("name")
-@db_option
-def trigger_pause(name: str, db: Path) -> None:
-    """Stop evaluating NAME (resume evaluates what arrived meanwhile)."""
-    with workspace(db) as ws:
-        ws.surveys.triggers.pause(name)
-    click.echo(f"trigger {name} paused")
+def _trigger_command(action: str, done: str, doc: str) -> None:
+    """``bowknot surveys trigger ACTION NAME`` for pause, resume and remove."""
+
+    @surveys_trigger.command(action, help=doc)
+    @click.argument("name")
+    @db_option
+    def command(name: str, db: Path) -> None:
+        with workspace(db) as ws:
+            getattr(ws.surveys.triggers, action)(name)
+        click.echo(f"trigger {name} {done}")
 
 
-@surveys_trigger.command("resume")
-@click.argument("name")
-@db_option
-def trigger_resume(name: str, db: Path) -> None:
-    """Evaluate NAME again from where it stopped."""
-    with workspace(db) as ws:
-        ws.surveys.triggers.resume(name)
-    click.echo(f"trigger {name} resumed")
-
-
-@surveys_trigger.command("remove")
-@click.argument("name")
-@db_option
-def trigger_remove(name: str, db: Path) -> None:
-    """Delete NAME (the invitations it made stay)."""
-    with workspace(db) as ws:
-        ws.surveys.triggers.remove(name)
-    click.echo(f"trigger {name} removed")
+for _action, _done, _doc in (
+        ("pause", "paused", "Stop evaluating NAME (resume evaluates what arrived meanwhile)."),
+        ("resume", "resumed", "Evaluate NAME again from where it stopped."),
+        ("remove", "removed", "Delete NAME (the invitations it made stay).")):
+    _trigger_command(_action, _done, _doc)
 
 
 @surveys_trigger.command("evaluate")
