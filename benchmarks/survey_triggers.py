@@ -15,8 +15,10 @@ fresh copy of that built workspace, in one process, and measures side by side:
   "new" file) and an incremental build, the trigger's evaluation from its watermark, against
   the peer recomputing the cohort from scratch.
 
-Each peer run is the median of three, taken around the measured step. The invited persons
-(with the hold-out) must equal the peer's cohort exactly, before and after the new events.
+Each peer figure is the median of three runs taken around the measured step; the whole
+sequence runs ``--repeat`` times (default 3) on fresh copies and the medians are reported.
+The invited persons (with the hold-out) must equal the peer's cohort exactly, before and
+after the new events, and nobody may be invited twice.
 Results: benchmarks/results/survey-triggers-<events>.json.
 """
 
@@ -107,18 +109,14 @@ def around(ws: Any, step: Any) -> tuple[dict[str, Any], float, set[str]]:
     return result, statistics.median(times), cohort
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--events", type=int, default=20_000_000)
-    args = ap.parse_args()
+def run_once(base: Path, tail: Path) -> dict[str, Any]:
+    """One run on a fresh copy of the built workspace: full, incremental, full again."""
     import bowknot
     from bowknot.imports import import_file
 
-    base, tail = built_base(args.events)
     work = DATA / f"triggers-work-{os.getpid()}.duckdb"
     shutil.copyfile(base, work)
-    out: dict[str, Any] = {"events": args.events, "campaign": CAMPAIGN, "machine": {
-        "cpus": os.cpu_count(), "python": platform.python_version()}}
+    out: dict[str, Any] = {}
     try:
         with bowknot.connect(work, survey_quiet_hours="") as ws:
             out["persons"] = ws.sql("SELECT count(*) AS n FROM persons")[0]["n"]
@@ -138,9 +136,6 @@ def main() -> None:
                            "invited_with_holdout": len(got), "missing": len(cohort - got),
                            "extra": len(got - cohort), "invited_twice": twice,
                            "ratio_vs_peer": result["seconds"] / peer_s}
-            print(f"full: {result['seconds']:.2f} s vs hand-written SQL {peer_s:.2f} s "
-                  f"({result['seconds'] / peer_s:.2f}x); cohort {len(cohort):,}, invited "
-                  f"{len(got):,}", flush=True)
 
             # 1 % new events; the trigger is paused during the build so that its evaluation
             # is timed on its own (the build's hook would otherwise run it).
@@ -161,26 +156,44 @@ def main() -> None:
                 "invited_with_holdout": len(got), "missing": len(cohort - got),
                 "left": len(got - cohort), "invited_twice": twice,
                 "ratio_vs_peer": result["seconds"] / peer_s}
-            print(f"incremental ({build.events:,} new events): {result['seconds']:.2f} s vs "
-                  f"hand-written SQL from scratch {peer_s:.2f} s "
-                  f"({result['seconds'] / peer_s:.2f}x); cohort {len(cohort):,}, invited "
-                  f"{len(got):,}", flush=True)
 
             result, peer_s, _ = around(ws, lambda: evaluate(full=True))
             out["full_again"] = {**result, "peer_seconds": peer_s,
                                  "ratio_vs_peer": result["seconds"] / peer_s}
-            print(f"full re-evaluation (nobody new): {result['seconds']:.2f} s vs "
-                  f"{peer_s:.2f} s ({result['seconds'] / peer_s:.2f}x)", flush=True)
     finally:
         for p in (work, Path(str(work) + ".wal")):
             p.unlink(missing_ok=True)
+    for step, what in (("full", "full"), ("incremental", "incremental (1 % new events)"),
+                       ("full_again", "full re-evaluation (nobody new)")):
+        r = out[step]
+        print(f"{what}: {r['seconds']:.2f} s vs hand-written SQL {r['peer_seconds']:.2f} s "
+              f"({r['ratio_vs_peer']:.2f}x)", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=20_000_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs (medians are reported)")
+    args = ap.parse_args()
+    base, tail = built_base(args.events)
+    runs = [run_once(base, tail) for _ in range(args.repeat)]
+    out: dict[str, Any] = {"events": args.events, "campaign": CAMPAIGN,
+                           "persons": runs[0]["persons"], "repeat": args.repeat, "machine": {
+                               "cpus": os.cpu_count(), "python": platform.python_version()}}
+    for step in ("full", "incremental", "full_again"):
+        out[step] = {k: statistics.median(r[step][k] for r in runs)
+                     for k in ("seconds", "peer_seconds", "ratio_vs_peer")}
+        print(f"median {step}: {out[step]['seconds']:.2f} s vs {out[step]['peer_seconds']:.2f}"
+              f" s, ratio {out[step]['ratio_vs_peer']:.2f}")
+    out["runs"] = runs
     out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"survey-triggers-{args.events}.json"
     path.write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(f"written {path}")
-    if (out["full"]["missing"] or out["full"]["extra"] or out["incremental"]["missing"]
-            or out["full"]["invited_twice"] or out["incremental"]["invited_twice"]):
+    if any(r["full"]["missing"] or r["full"]["extra"] or r["incremental"]["missing"]
+           or r["full"]["invited_twice"] or r["incremental"]["invited_twice"] for r in runs):
         raise SystemExit("the trigger's invitations differ from the hand-written cohort")
 
 

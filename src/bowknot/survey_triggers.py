@@ -361,8 +361,15 @@ class Rule:
             b_events = f"""WITH ids AS MATERIALIZED (
                   SELECT id_type, id_value, person_id FROM identities
                   WHERE person_id IN (SELECT person_id FROM t_cand)),
-                ev AS MATERIALIZED (SELECT key, user_id, anonymous_id, timestamp FROM events
-                                    WHERE {self.b}),
+                ev AS MATERIALIZED (
+                  SELECT key, user_id, anonymous_id, timestamp FROM events
+                  WHERE {self.b} AND (
+                    user_id IN (SELECT id_value FROM ids WHERE id_type = 'user_id')
+                    OR anonymous_id IN (SELECT id_value FROM ids
+                                        WHERE id_type = 'anonymous_id')
+                    OR key IN (SELECT x.key FROM event_fallback x JOIN identities i
+                               USING (node) WHERE i.person_id IN (
+                                 SELECT person_id FROM t_cand)))),
                 by_anon AS MATERIALIZED (
                   SELECT i.person_id, ev.user_id, ev.timestamp FROM ev
                   JOIN ids i ON i.id_type = 'anonymous_id' AND i.id_value = ev.anonymous_id),
