@@ -96,6 +96,11 @@ def test_trigger_invites_once_when_the_window_closes(tmp_path: Path) -> None:
         # A late event: c44 clicked long ago; its window is closed when it arrives.
         ws.ingest(clicker(44, ago(3600)))
         ws.build()
+        # Out of order: c45's booking is loaded before the click it follows.
+        ws.ingest(clicker(45, ago(3600), booked=ago(3598))[::2])  # identify, booking
+        ws.build()
+        ws.ingest(clicker(45, ago(3600))[1:])  # the click, an hour late
+        ws.build()
         out = invitations(ws, "clicked-not-booked")
         assert {r["user_id"] for r in out} == later | {"c44"}
         assert len(out) == len({r["person_id"] for r in out})  # exactly once each
@@ -287,6 +292,10 @@ def test_privacy_delete_reaches_trigger_entries(ws: bowknot.Workspace) -> None:
     ws.build()  # both entered; their windows are open: nobody invited yet
     entries = ws.sql("SELECT person_id FROM survey_trigger_entries ORDER BY person_id")
     assert len(entries) == 2 and ws.sql("SELECT * FROM survey_invitations") == []
+    ws.track("Never Happens", user_id="u1")  # well, once: a B event in the trigger's state
+    ws.build()
+    assert len(ws.sql("SELECT * FROM survey_trigger_outs")) == 1
     ws.privacy.delete("u1")
     assert ws.sql("SELECT person_id FROM survey_trigger_entries") == [
         {"person_id": ws.persons.resolve("u2")}]
+    assert ws.sql("SELECT * FROM survey_trigger_outs") == []

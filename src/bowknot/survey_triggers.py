@@ -9,10 +9,11 @@ A trigger sends one survey to everyone who matches a rule:
   passed with no B after it.
 
 Triggers are evaluated after every build (a builder hook), incrementally: each trigger keeps
-each person's first A (``survey_trigger_entries``) and a watermark (``evaluated_load``,
-``evaluated_until``). An evaluation adds the A events of the loads built since, then decides
-the persons whose window closed since the last evaluation (even with no new events) or whose
-first A changed, reading only their B events. The matches are invited in one statement under
+each person's first A (``survey_trigger_entries``), their B events (``survey_trigger_outs``)
+and a watermark (``evaluated_load``, ``evaluated_until``). An evaluation reads only the events
+of the loads built since (out-of-order arrivals included: a booking loaded before the click
+it follows still counts), then decides the persons whose window closed since the last
+evaluation (even with no new events) or whose first A changed. The matches are invited in one statement under
 the contact rules (contact.py); invitations are unique per survey, person and trigger (the
 trigger's name), so re-evaluation, retries and overlapping runs never invite anybody twice.
 The entries and the watermark move in the same transaction as the invitations. Delivery is
@@ -53,6 +54,10 @@ DDL: tuple[str, ...] = (
     # reads the new loads' events and the candidates' B events, never every A again.
     """CREATE TABLE IF NOT EXISTS survey_trigger_entries (
         trigger VARCHAR, person_id VARCHAR, entered_at TIMESTAMP)""",
+    # Each person's B events, per "not B within T" trigger: decided from here, events that
+    # arrive out of order (a booking loaded before the click it follows) included.
+    """CREATE TABLE IF NOT EXISTS survey_trigger_outs (
+        trigger VARCHAR, person_id VARCHAR, ts TIMESTAMP)""",
 )
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_:-]{0,63}$")
@@ -177,6 +182,7 @@ class Triggers:
         with self.ws.builder.transaction() as con:
             run(con, "DELETE FROM survey_triggers WHERE name = ?", [name])
             run(con, "DELETE FROM survey_trigger_entries WHERE trigger = ?", [name])
+            run(con, "DELETE FROM survey_trigger_outs WHERE trigger = ?", [name])
 
     # -- evaluation ---------------------------------------------------------------------------
     def after_build(self, result: BuildResult) -> None:
@@ -216,16 +222,11 @@ class Triggers:
             now = _now()
             incremental = not full and trigger["evaluated_load"] is not None
             rule = Rule(trigger)
-            if incremental:
-                for sql, params in rule.incremental(trigger["evaluated_load"], high):
-                    run(con, sql, params)
-            else:
-                for sql, params in rule.full():
-                    run(con, sql, params)
+            steps = (rule.incremental(trigger["evaluated_load"], high) if incremental
+                     else rule.full())
+            for sql, params in steps:
+                run(con, sql, params)
             phase("entries")
-            run(con, "DELETE FROM survey_trigger_entries WHERE trigger = ?", [name])
-            run(con, """INSERT INTO survey_trigger_entries
-                        SELECT ?, person_id, entered_at FROM t_entries""", [name])
             # Decided now: windows closed since the last evaluation, and changed entries.
             since_until = (trigger["evaluated_until"] - timedelta(seconds=rule.within)
                            if incremental else datetime.min)
@@ -234,7 +235,7 @@ class Triggers:
                 WHERE entered_at <= ?::TIMESTAMP - to_seconds(?)
                   AND (changed OR entered_at > ?)""", [now, rule.within, since_until])
             considered = int(run(con, "SELECT count(*) FROM t_cand")[0][0])
-            for sql, params in rule.matches(incremental):
+            for sql, params in rule.matches():
                 run(con, sql, params)
             phase("match")
             counts = contact.invite_members(
@@ -298,9 +299,11 @@ def _person_events(where: str, columns: str = "") -> str:
 
 
 class Rule:
-    """The SQL of a trigger's rule: each statement with its parameters, leaving temporary
-    tables on the evaluation's connection: ``t_entries`` (person_id, entered_at: the first A;
-    changed: to be decided again), then, with ``t_cand`` (the entries to decide), ``t_match``.
+    """The SQL of a trigger's rule: each statement with its parameters. The first ones bring
+    the trigger's state up to date (``survey_trigger_entries``: each person's first A;
+    ``survey_trigger_outs``: their B events) and leave ``t_entries`` (with ``changed``: to be
+    decided again) on the evaluation's connection; then, given ``t_cand`` (the entries to
+    decide), :meth:`matches` makes ``t_match``.
     """
 
     def __init__(self, trigger: Mapping[str, Any]) -> None:
@@ -315,7 +318,8 @@ class Rule:
         self.within = int(rule.get("within_seconds", 0))
 
     def full(self) -> list[tuple[str, list[Any]]]:
-        """Every A and B event with its person, in one pass; the first A of each person."""
+        """Every A and B event with its person, in one pass: each person's first A and
+        B events, stored anew."""
         columns = f", ({self.a}) AS is_a, ({self.b}) AS is_b"
         return [
             (f"""CREATE OR REPLACE TEMP TABLE t_ev AS
@@ -326,73 +330,53 @@ class Rule:
             ("""CREATE OR REPLACE TEMP TABLE t_entries AS
                 SELECT person_id, min(timestamp) AS entered_at, true AS changed
                 FROM t_ev WHERE is_a GROUP BY person_id""", []),
+            *self._store(),
+            ("DELETE FROM survey_trigger_outs WHERE trigger = ?", [self.trigger]),
+            ("""INSERT INTO survey_trigger_outs SELECT ?, person_id, timestamp FROM t_ev
+                WHERE is_b""", [self.trigger]),
         ]
 
     def incremental(self, low: int, high: int) -> list[tuple[str, list[Any]]]:
-        """The stored entries, under their persons' current ids (merged persons take the
-        earlier A), with the A events of loads ``low`` .. ``high``."""
+        """The stored entries and B events under their persons' current ids (merged persons
+        take the earlier A), with the A and B events of loads ``low`` .. ``high``."""
+        columns = f", ({self.a}) AS is_a, ({self.b}) AS is_b"
         return [
             (f"""CREATE OR REPLACE TEMP TABLE t_new AS
-                SELECT person_id, min(timestamp) AS entered_at
-                FROM {_person_events(f"load_id > ? AND load_id <= ? AND {self.a}")}
-                WHERE person_id IS NOT NULL GROUP BY person_id""",
-             [low, high, *self.a_params]),
+                SELECT person_id, timestamp, is_a, is_b
+                FROM {_person_events(f"load_id > ? AND load_id <= ? AND (({self.a}) OR "
+                                     f"({self.b}))", columns)}
+                WHERE person_id IS NOT NULL""",
+             [*self.a_params, *self.b_params, low, high, *self.a_params, *self.b_params]),
             ("""CREATE OR REPLACE TEMP TABLE t_entries AS
                 SELECT coalesce(r.person_id, x.person_id) AS person_id,
                        min(x.entered_at) AS entered_at,
                        bool_or(x.fresh OR r.person_id IS NOT NULL) AS changed
                 FROM (SELECT person_id, entered_at, false AS fresh
                       FROM survey_trigger_entries WHERE trigger = ?
-                      UNION ALL SELECT person_id, entered_at, true FROM t_new) x
+                      UNION ALL SELECT person_id, timestamp, true FROM t_new WHERE is_a) x
                 LEFT JOIN person_redirects r ON r.old_person_id = x.person_id
                 GROUP BY 1""", [self.trigger]),
+            *self._store(),
+            ("""UPDATE survey_trigger_outs SET person_id = r.person_id FROM person_redirects r
+                WHERE trigger = ? AND survey_trigger_outs.person_id = r.old_person_id""",
+             [self.trigger]),
+            ("""INSERT INTO survey_trigger_outs SELECT ?, person_id, timestamp FROM t_new
+                WHERE is_b""", [self.trigger]),
         ]
 
-    def matches(self, incremental: bool) -> list[tuple[str, list[Any]]]:
+    def _store(self) -> list[tuple[str, list[Any]]]:
+        return [("DELETE FROM survey_trigger_entries WHERE trigger = ?", [self.trigger]),
+                ("""INSERT INTO survey_trigger_entries
+                    SELECT ?, person_id, entered_at FROM t_entries""", [self.trigger])]
+
+    def matches(self) -> list[tuple[str, list[Any]]]:
         """``t_match``: the candidates with no B after their first A within the window."""
-        if not incremental:
-            b_events = "SELECT person_id, timestamp FROM t_ev WHERE is_b"
-            b_params: list[Any] = []
-        else:
-            # Only the candidates' B events, joined to the candidates' identifiers alone (small
-            # hash tables). An event is its userId's when that is valid, else its
-            # anonymousId's (as in person_events): an anonymousId match counts only without a
-            # valid userId.
-            b_events = f"""WITH ids AS MATERIALIZED (
-                  SELECT id_type, id_value, person_id FROM identities
-                  WHERE person_id IN (SELECT person_id FROM t_cand)),
-                ev AS MATERIALIZED (
-                  SELECT key, user_id, anonymous_id, timestamp FROM events
-                  WHERE {self.b} AND (
-                    user_id IN (SELECT id_value FROM ids WHERE id_type = 'user_id')
-                    OR anonymous_id IN (SELECT id_value FROM ids
-                                        WHERE id_type = 'anonymous_id')
-                    OR key IN (SELECT x.key FROM event_fallback x JOIN identities i
-                               USING (node) WHERE i.person_id IN (
-                                 SELECT person_id FROM t_cand)))),
-                by_anon AS MATERIALIZED (
-                  SELECT i.person_id, ev.user_id, ev.timestamp FROM ev
-                  JOIN ids i ON i.id_type = 'anonymous_id' AND i.id_value = ev.anonymous_id),
-                valid AS (SELECT id_value FROM identities WHERE id_type = 'user_id'
-                          AND id_value IN (SELECT user_id FROM by_anon))
-                SELECT i.person_id, ev.timestamp FROM ev
-                  JOIN ids i ON i.id_type = 'user_id' AND i.id_value = ev.user_id
-                UNION ALL
-                SELECT person_id, timestamp FROM by_anon
-                WHERE user_id IS NULL OR user_id NOT IN (SELECT id_value FROM valid)
-                UNION ALL
-                SELECT i.person_id, ev.timestamp FROM ev
-                  JOIN event_fallback x ON x.key = ev.key JOIN identities i ON i.node = x.node
-                WHERE i.person_id IN (SELECT person_id FROM t_cand)"""
-            b_params = list(self.b_params)
         if self.b == "false":  # an event trigger: every candidate matches
             return [("CREATE OR REPLACE TEMP TABLE t_match AS SELECT * FROM t_cand", [])]
-        return [
-            (f"CREATE OR REPLACE TEMP TABLE t_b AS {b_events}", b_params),
-            ("""CREATE OR REPLACE TEMP TABLE t_match AS
-                SELECT c.person_id, c.entered_at FROM t_cand c
-                WHERE NOT EXISTS (SELECT 1 FROM t_b b WHERE b.person_id = c.person_id
-                                  AND b.timestamp > c.entered_at
-                                  AND b.timestamp <= c.entered_at + to_seconds(?))""",
-             [self.within]),
-        ]
+        return [("""CREATE OR REPLACE TEMP TABLE t_match AS
+            SELECT c.person_id, c.entered_at FROM t_cand c
+            WHERE NOT EXISTS (SELECT 1 FROM survey_trigger_outs b
+                              WHERE b.trigger = ? AND b.person_id = c.person_id
+                                AND b.ts > c.entered_at
+                                AND b.ts <= c.entered_at + to_seconds(?))""",
+                 [self.trigger, self.within])]
