@@ -13,13 +13,13 @@ each person's first A (``survey_trigger_entries``), their B events (``survey_tri
 and a watermark (``evaluated_load``, ``evaluated_until``). An evaluation reads only the events
 of the loads built since (out-of-order arrivals included: a booking loaded before the click
 it follows still counts), then decides the persons whose window closed since the last
-evaluation (even with no new events) or whose first A changed. The matches are invited in one statement under
-the contact rules (contact.py); invitations are unique per survey, person and trigger (the
-trigger's name), so re-evaluation, retries and overlapping runs never invite anybody twice.
-The entries and the watermark move in the same transaction as the invitations. Delivery is
-the existing channels' (``send-due``). The SQL is DuckDB's (events are filtered before they
-are joined to persons); the portable definition of the same persons is the Ibis cohort, and
-a test checks that both agree.
+evaluation (even with no new events) or whose first A changed. The matches are invited in
+one statement under the contact rules (contact.py); invitations are unique per survey, person
+and trigger (the trigger's name), so re-evaluation, retries and overlapping runs never invite
+anybody twice. The state and the watermark move in the same transaction as the invitations.
+Delivery is the existing channels' (``send-due``). The SQL is DuckDB's (events are filtered
+before they are joined to persons); the portable definition of the same persons is the Ibis
+cohort, and a test checks that both agree.
 """
 
 from __future__ import annotations
