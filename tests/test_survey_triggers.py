@@ -151,6 +151,8 @@ def test_trigger_validation(ws: bowknot.Workspace) -> None:
         ws.surveys.add_trigger("nps", "x", did="A", did_not="B", within="soon")
     with pytest.raises(ValidationError, match="lower-case"):
         ws.surveys.add_trigger("nps", "Bad Name", event="A")
+    with pytest.raises(ValidationError, match="lower-case"):
+        ws.surveys.add_trigger("nps", "cohort:x", event="A")
     with pytest.raises(ValidationError, match="channel"):
         ws.surveys.add_trigger("nps", "x", event="A", channel="sms")
     with pytest.raises(ValidationError, match="ISO"):

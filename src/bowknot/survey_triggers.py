@@ -60,7 +60,8 @@ DDL: tuple[str, ...] = (
         trigger VARCHAR, person_id VARCHAR, ts TIMESTAMP)""",
 )
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_:-]{0,63}$")
+# No ':' (``cohort:NAME`` is the trigger of a cohort send's invitations).
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 CHANNELS = ("link", "email", "webhook")
 
 
@@ -102,7 +103,7 @@ class Triggers:
         self.ws.surveys.get(survey_id)
         if not isinstance(name, str) or not NAME.match(name):
             raise ValidationError(
-                f"Trigger name {name!r}: use 1-64 lower-case letters, digits, '-', '_' or ':'.",
+                f"Trigger name {name!r}: use 1-64 lower-case letters, digits, '-' or '_'.",
                 code="invalid_trigger")
         if channel not in CHANNELS:
             raise ValidationError(f"channel {channel!r}: use link, email or webhook.",

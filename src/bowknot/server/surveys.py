@@ -177,7 +177,7 @@ async def send(request: Request, survey_id: str, body: SendIn) -> JSONResponse:
 
 
 class TriggerIn(BaseModel):
-    name: str = Field(description="1-64 lower-case letters, digits, '-', '_' or ':'")
+    name: str = Field(description="1-64 lower-case letters, digits, '-' or '_'")
     event: str | None = Field(None, description="did A, e.g. 'Ticket Closed[topic=pickup]'")
     did: str | None = Field(None, description="did A ... (with did_not and within)")
     did_not: str | None = Field(None, description="... but not B ...")
