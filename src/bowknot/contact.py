@@ -106,12 +106,14 @@ def invite_members(con: duckdb.DuckDBPyConnection, settings: Any, survey: dict[s
                  arg_min(id_value, first_seen) FILTER (WHERE id_type = 'anonymous_id') AS a,
                  arg_min(id_value, first_seen) FILTER (WHERE id_type = 'email') AS e
           FROM identities SEMI JOIN members USING (person_id)
-          WHERE status = 'linked' GROUP BY person_id),
+          WHERE status = 'linked' AND id_type IN ('user_id', 'anonymous_id', 'email')
+          GROUP BY person_id),
         traits AS (
           SELECT person_id,
                  any_value(value->>'$') FILTER (WHERE trait IN ('language', 'locale')) AS lang,
                  any_value(value->>'$') FILTER (WHERE trait = 'timezone') AS tz
-          FROM person_traits SEMI JOIN members USING (person_id) GROUP BY person_id),
+          FROM person_traits SEMI JOIN members USING (person_id)
+          WHERE trait IN ('language', 'locale', 'timezone') GROUP BY person_id),
         h AS (SELECT m.person_id, m.draw, ids.u, ids.a, ids.e, traits.lang,
                      CASE WHEN traits.tz IN (SELECT name FROM pg_timezone_names())
                           THEN traits.tz ELSE '{tz_default}' END AS tz
