@@ -301,3 +301,18 @@ def test_privacy_delete_reaches_trigger_entries(ws: bowknot.Workspace) -> None:
     assert ws.sql("SELECT person_id FROM survey_trigger_entries") == [
         {"person_id": ws.persons.resolve("u2")}]
     assert ws.sql("SELECT * FROM survey_trigger_outs") == []
+
+
+def test_a_failing_trigger_keeps_its_error_and_the_build_stands(ws: bowknot.Workspace) -> None:
+    ws.surveys.create("gone", kind="nps")
+    ws.surveys.create("nps", kind="nps")
+    ws.surveys.add_trigger("gone", "broken", event="Ticket Closed", channel="link")
+    ws.surveys.add_trigger("nps", "working", event="Ticket Closed", channel="link")
+    ws.sql("DELETE FROM surveys WHERE survey_id = 'gone'")  # as if removed behind its back
+    ws.surveys._surveys.clear()
+    ws.track("Ticket Closed", user_id="t1")
+    result = ws.build()
+    assert not result.skipped and ws.sql("SELECT count(*) AS n FROM persons")[0]["n"] == 1
+    broken, working = ws.surveys.triggers.list()
+    assert "No survey 'gone'" in broken["last_error"] and broken["evaluations"] == 0
+    assert working["last_error"] is None and working["invited"] == 1
