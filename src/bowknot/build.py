@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -127,6 +127,8 @@ class Builder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        # Called after every build, skipped or not, under the build lock (survey triggers).
+        self.hooks: list[Callable[[BuildResult], None]] = []
 
     def connection(self) -> duckdb.DuckDBPyConnection:
         con: duckdb.DuckDBPyConnection = self.ws.store.connection.cursor()
@@ -155,9 +157,15 @@ class Builder:
         with self.lock:
             con = self.connection()
             try:
-                return self._build(con, full)
+                result = self._build(con, full)
             finally:
                 con.close()
+            for hook in self.hooks:
+                try:
+                    hook(result)
+                except Exception:  # the build is committed; a hook's failure is its own
+                    log.exception("post-build hook %r failed", hook)
+            return result
 
     def _build(self, con: duckdb.DuckDBPyConnection, full: bool) -> BuildResult:
         settings = self.ws.settings

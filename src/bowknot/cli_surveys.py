@@ -146,6 +146,89 @@ def surveys_impact(campaign_id: str, within_days: float, survey_id: str | None, 
             for g in out["groups"]], title=f"experience impact of {campaign_id}")
 
 
+# -- triggers --------------------------------------------------------------------------------
+@surveys.group("trigger")
+def surveys_trigger() -> None:
+    """Triggers: send a survey to whoever matches a rule over the journey, evaluated after
+    every build (`bowknot build`, or in the background under `bowknot serve`)."""
+
+
+_TRIGGER_COLUMNS = ("name", "survey_id", "describe", "channel", "active", "evaluated_at",
+                    "invited", "holdout", "last_error")
+
+
+@surveys_trigger.command("add")
+@click.argument("survey_id")
+@click.argument("name")
+@click.option("--event", default=None, metavar="STEP",
+              help="Did A: an event with optional filters, e.g. 'Ticket Closed[topic=pickup]'.")
+@click.option("--did", default=None, metavar="STEP", help="Did A ... (with --did-not, --within).")
+@click.option("--did-not", default=None, metavar="STEP", help="... but not B ...")
+@click.option("--within", default=None, help="... within T after the first A: 48h, 3d, 2w.")
+@click.option("--cohort", default=None, help="The rule of a saved cohort (`bowknot cohort list`).")
+@click.option("--channel", type=click.Choice(["link", "email", "webhook"]), default="email",
+              show_default=True, help="How its invitations are delivered (`surveys send-due`).")
+@click.option("--since", default=None,
+              help="Only A events from this date/time on (default: the whole history).")
+@db_option
+@json_option
+def trigger_add(survey_id: str, name: str, event: str | None, did: str | None,
+                did_not: str | None, within: str | None, cohort: str | None, channel: str,
+                since: str | None, db: Path, as_json: bool) -> None:
+    """Add trigger NAME sending SURVEY_ID; one invitation per person, survey and trigger."""
+    with workspace(db) as ws:
+        trigger = ws.surveys.add_trigger(survey_id, name, event=event, did=did,
+                                         did_not=did_not, within=within, cohort=cohort,
+                                         channel=channel, since=since)
+    if as_json:
+        _json(trigger)
+    else:
+        click.echo(f"trigger {name}: {trigger['describe']} -> {survey_id} by {channel}")
+
+
+@surveys_trigger.command("list")
+@click.option("--survey", "survey_id", default=None, help="Only this survey's triggers.")
+@db_option
+@json_option
+def trigger_list(survey_id: str | None, db: Path, as_json: bool) -> None:
+    """Triggers, with what they invited so far and when they were last evaluated."""
+    with workspace(db) as ws:
+        rows = ws.surveys.triggers.list(survey_id)
+    _json(rows) if as_json else _table([{k: r[k] for k in _TRIGGER_COLUMNS} for r in rows])
+
+
+def _trigger_command(action: str, done: str, doc: str) -> None:
+    """``bowknot surveys trigger ACTION NAME`` for pause, resume and remove."""
+
+    @surveys_trigger.command(action, help=doc)
+    @click.argument("name")
+    @db_option
+    def command(name: str, db: Path) -> None:
+        with workspace(db) as ws:
+            getattr(ws.surveys.triggers, action)(name)
+        click.echo(f"trigger {name} {done}")
+
+
+for _action, _done, _doc in (
+        ("pause", "paused", "Stop evaluating NAME (resume evaluates what arrived meanwhile)."),
+        ("resume", "resumed", "Evaluate NAME again from where it stopped."),
+        ("remove", "removed", "Delete NAME (the invitations it made stay).")):
+    _trigger_command(_action, _done, _doc)
+
+
+@surveys_trigger.command("evaluate")
+@click.argument("name", required=False)
+@click.option("--full", is_flag=True, help="Evaluate over all events, not from the watermark.")
+@db_option
+@json_option
+def trigger_evaluate(name: str | None, full: bool, db: Path, as_json: bool) -> None:
+    """Evaluate NAME (or every active trigger) now; builds do this by themselves."""
+    with workspace(db) as ws:
+        rows = ([ws.surveys.triggers.evaluate(name, full=full)] if name
+                else ws.surveys.triggers.evaluate_all(full=full))
+    _json(rows) if as_json else _table(rows)
+
+
 @surveys.command("dead-letters")
 @db_option
 @json_option
@@ -194,19 +277,70 @@ def surveys_export(survey_id: str, out_file: Path, db: Path) -> None:
 
 @surveys.command("report")
 @click.argument("survey_id")
+@click.option("--by", default=None, metavar="GROUP",
+              help="day, week, month, touchpoint (last campaign and channel before the "
+                   "answer), lifecycle, or cohort:NAME (a saved cohort).")
+@click.option("--within", default="7d", show_default=True,
+              help="--by touchpoint: how long before the answer a touch counts.")
 @db_option
 @json_option
-def surveys_report(survey_id: str, db: Path, as_json: bool) -> None:
-    """Answers of SURVEY_ID; NPS with its 95 % interval."""
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (the rows of --by, else the "
+                                                    "score distribution).")
+def surveys_report(survey_id: str, by: str | None, within: str, db: Path, as_json: bool,
+                   as_csv: bool) -> None:
+    """Answers of SURVEY_ID: NPS with its 95 % adjusted-Wald interval (CSAT, CES: mean with
+    its interval and the share of the top two scores), overall or by a group."""
+    if as_json and as_csv:
+        raise click.UsageError("Choose one of --json and --csv.")
     with workspace(db) as ws:
-        report = ws.surveys.report(survey_id)
+        report = ws.surveys.report(survey_id, by, within=within)
+    distribution = [{"score": k, "answers": v} for k, v in sorted(report["distribution"].items())]
     if as_json:
         _json(report)
         return
-    keys = ("survey_id", "kind", "answers", "nps", "nps_low", "nps_high", "mean")
+    if as_csv:
+        _csv(report["rows"] if by else distribution)
+        return
+    keys = ("survey_id", "kind", "answers", "nps", "nps_low", "nps_high", "mean", "mean_low",
+            "mean_high", "top2")
     head: dict[str, Any] = {k: report[k] for k in keys if k in report}
     _table([head])
-    _table([{"score": k, "answers": v} for k, v in sorted(report["distribution"].items())])
+    if by:
+        _table(report["rows"], title=f"{survey_id} by {by}")
+    else:
+        _table(distribution)
+
+
+def _csv(rows: list[dict[str, Any]]) -> None:
+    import csv
+    import sys
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    if rows:
+        writer.writerow(rows[0].keys())
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row.values()])
+
+
+@surveys.command("verbatims")
+@click.argument("survey_id")
+@click.option("--limit", default=20, show_default=True, help="How many answers (newest first).")
+@click.option("--journey", default=5, show_default=True,
+              help="How many of the person's events before each answer.")
+@db_option
+@json_option
+def surveys_verbatims(survey_id: str, limit: int, journey: int, db: Path,
+                      as_json: bool) -> None:
+    """The latest answers of SURVEY_ID with a "why", with the journey that led to each."""
+    with workspace(db) as ws:
+        rows = ws.surveys.verbatims(survey_id, limit=limit, journey=journey)
+    if as_json:
+        _json(rows)
+        return
+    _table([{"answered_at": r["answered_at"], "score": r["score"], "why": r["why"],
+             "journey": " → ".join(j["step"] + (f" ({j['campaign']})" if j["campaign"] else "")
+                                   for j in r["journey"])} for r in rows],
+           title=f"{survey_id}: what people said, and what came before")
 
 
 @main.group()

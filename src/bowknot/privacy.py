@@ -180,6 +180,8 @@ class Privacy:
             ("cases", f"person_id = ? OR {invs}", [pid]),
             ("survey_invitations", invs, []),
             ("cohort_members", "person_id = ?", [pid]),
+            ("survey_trigger_entries", "person_id = ?", [pid]),
+            ("survey_trigger_outs", "person_id = ?", [pid]),
         ]
         counts: dict[str, int] = {}
         for table, where, params in steps:

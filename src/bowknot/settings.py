@@ -182,6 +182,9 @@ SETTINGS: tuple[Setting, ...] = (
             "within this many days.", int),
     Setting("survey_quiet_hours", "21-8", "Local hours (START-END) in which no invitation is "
             "sent; they wait for the end. Empty means none."),
+    Setting("survey_trigger_seconds", 60.0, "Survey triggers are evaluated after every build "
+            "that brought events, and at least this often otherwise (a 'not B within T' "
+            "window closes without new events).", float),
     Setting("survey_default_timezone", "UTC", "Time zone for quiet hours when a person has no "
             "timezone trait."),
     Setting("followup_rule", "nps<=6, csat<=2, ces<=3", "Answers that open a follow-up case "

@@ -19,7 +19,6 @@ import base64
 import hashlib
 import hmac
 import json
-import math
 import re
 import secrets
 import threading
@@ -29,9 +28,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import survey_text
+from . import contact, survey_reports, survey_text, survey_triggers
 from .errors import NotFound, ValidationError
 from .store.engine import run
+from .survey_reports import campaign_impact as campaign_impact  # re-exported: callers
+from .survey_reports import nps as nps  # import both from here
 
 KINDS: dict[str, tuple[int, int]] = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}
 
@@ -73,6 +74,7 @@ class Surveys:
         self._stripes = [threading.Lock() for _ in range(64)]
         self._surveys: dict[str, dict[str, Any]] = {}  # read on every page: cached
         self._secret: bytes | None = None
+        self.triggers = survey_triggers.Triggers(ws)  # list, pause, resume, remove, evaluate
 
     def _q(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.ws.store.query(sql, params)
@@ -221,96 +223,27 @@ class Surveys:
 
     def invite_cohort(self, survey_id: str, cohort: str, *, trigger: str | None = None,
                       channel: str = "link") -> dict[str, Any]:
-        """Invite every member of a saved cohort, in one statement, under the contact rules:
-
-        * once per person, survey and trigger (a second send invites nobody twice);
-        * nobody asked (by any survey) within ``survey_contact_days``;
-        * the survey's ``sample`` share, and its ``holdout`` share recorded but never asked
-          (channel ``holdout``), both decided by a hash of (person, survey), so stable;
-        * ``send_after``: outside quiet hours (``survey_quiet_hours``) in the person's time
-          zone (trait ``timezone``, else ``survey_default_timezone``).
-        """
+        """Invite every member of a saved cohort, in one statement, under the contact rules
+        (see contact.py: once per person, survey and trigger; nobody asked within
+        ``survey_contact_days``; sample and hold-out; quiet hours in the person's zone)."""
         survey = self.get(survey_id)
         if not self._q("SELECT 1 FROM cohorts WHERE name = ?", [cohort]):
             raise NotFound(f"No saved cohort {cohort!r}; `bowknot cohort list` shows them.",
                            cohort=cohort)
         trigger = trigger or f"cohort:{cohort}"
-        st = self.ws.settings
-        quiet = _quiet_hours(st.survey_quiet_hours)
-        tz_default = st.survey_default_timezone
-        now = _now()
-        expires = now + timedelta(days=st.survey_link_days)
-        if quiet is None:
-            send_after = "NULL::TIMESTAMP"
-        else:
-            start, end = quiet
-            in_quiet = (f"(hour(local) >= {start} OR hour(local) < {end})" if start > end
-                        else f"(hour(local) >= {start} AND hour(local) < {end})")
-            next_day = f"hour(local) >= {start}" if start > end else "false"
-            send_after = f"""CASE WHEN {in_quiet} THEN timezone(tz, date_trunc('day', local)
-                + INTERVAL (CASE WHEN {next_day} THEN 1 ELSE 0 END) DAY
-                + INTERVAL ({end}) HOUR)::TIMESTAMP END"""
-        available = sorted({*survey_text.LANGUAGES, *survey["translations"]})
-        langs = "[" + ", ".join(f"'{x}'" for x in available) + "]"
         with self._lock:
-            self._exec(f"""CREATE OR REPLACE TEMP TABLE s_cand AS
-                WITH members AS (SELECT DISTINCT person_id FROM cohort_members WHERE name = ?),
-                ids AS (
-                  SELECT person_id,
-                         arg_min(id_value, first_seen) FILTER (WHERE id_type = 'user_id') AS u,
-                         arg_min(id_value, first_seen) FILTER (WHERE id_type = 'anonymous_id')
-                           AS a,
-                         arg_min(id_value, first_seen) FILTER (WHERE id_type = 'email') AS e
-                  FROM identities SEMI JOIN members USING (person_id)
-                  WHERE status = 'linked' GROUP BY person_id),
-                traits AS (
-                  SELECT person_id,
-                         any_value(value->>'$') FILTER (WHERE trait IN ('language', 'locale'))
-                           AS lang,
-                         any_value(value->>'$') FILTER (WHERE trait = 'timezone') AS tz
-                  FROM person_traits SEMI JOIN members USING (person_id) GROUP BY person_id),
-                h AS (SELECT m.person_id, ids.u, ids.a, ids.e, traits.lang,
-                             CASE WHEN traits.tz IN (SELECT name FROM pg_timezone_names())
-                                  THEN traits.tz ELSE '{tz_default}' END AS tz,
-                             (hash(m.person_id, ?) % 10000) / 10000.0 AS draw
-                      FROM members m LEFT JOIN ids USING (person_id)
-                      LEFT JOIN traits USING (person_id))
-                SELECT *, timezone(tz, ?::TIMESTAMP::TIMESTAMPTZ) AS local FROM h""",
-                       [cohort, survey_id, now])
-            counts = self._q(f"""SELECT count(*) AS members,
-                count(*) FILTER (WHERE person_id IN (SELECT person_id FROM survey_invitations
-                  WHERE survey_id = ? AND trigger = ?)) AS already,
-                count(*) FILTER (WHERE person_id IN (SELECT person_id FROM survey_invitations
-                  WHERE channel <> 'holdout' AND created_at > ? - INTERVAL ({int(
-                      st.survey_contact_days)}) DAY)) AS contacted_recently,
-                count(*) FILTER (WHERE draw >= ?) AS not_sampled
-                FROM s_cand""", [survey_id, trigger, now, survey["sample"]])[0]
-            self._exec(f"""INSERT INTO survey_invitations (invitation_id, survey_id, person_id,
-                    trigger, channel, language, user_id, anonymous_id, email, created_at,
-                    expires_at, send_after)
-                SELECT substr(md5(person_id || ? || ? || ?::VARCHAR), 1, 20), ?, person_id, ?,
-                       CASE WHEN draw < ? THEN 'holdout' ELSE ? END,
-                       CASE WHEN list_contains({langs}, lower(split_part(lang, '-', 1)))
-                            THEN lower(split_part(lang, '-', 1)) ELSE ? END,
-                       u, CASE WHEN u IS NULL THEN coalesce(a, 'survey-' || md5(person_id)) END,
-                       e, ?, ?, {send_after}
-                FROM s_cand
-                WHERE draw < ?
-                  AND person_id NOT IN (SELECT person_id FROM survey_invitations
-                                        WHERE survey_id = ? AND trigger = ?)
-                  AND person_id NOT IN (SELECT person_id FROM survey_invitations
-                        WHERE channel <> 'holdout'
-                          AND created_at > ? - INTERVAL ({int(st.survey_contact_days)}) DAY)""",
-                       [survey_id, trigger, now, survey_id, trigger, survey["holdout"], channel,
-                        survey["language"], now, expires, survey["sample"], survey_id, trigger,
-                        now])
-            made = self._q("""SELECT count(*) FILTER (WHERE channel <> 'holdout') AS invited,
-                    count(*) FILTER (WHERE channel = 'holdout') AS holdout,
-                    count(*) FILTER (WHERE send_after > ?) AS deferred_quiet_hours
-                FROM survey_invitations WHERE survey_id = ? AND trigger = ? AND created_at = ?""",
-                               [now, survey_id, trigger, now])[0]
-        return {"survey_id": survey_id, "cohort": cohort, "trigger": trigger, **counts,
-                **made}
+            counts = contact.invite_members(
+                self.ws.store.cursor(), self.ws.settings, survey,
+                "SELECT person_id FROM cohort_members WHERE name = ?", [cohort],
+                trigger=trigger, channel=channel, now=_now())
+        return {"survey_id": survey_id, "cohort": cohort, "trigger": trigger, **counts}
+
+    def add_trigger(self, survey_id: str, name: str, **rule: Any) -> dict[str, Any]:
+        """Send ``survey_id`` to whoever matches a rule, as events arrive: ``event=...``, or
+        ``did=..., did_not=..., within=...``, or ``cohort=NAME``; with ``channel`` and
+        ``since``. See survey_triggers.py; ``self.triggers`` lists, pauses, resumes, removes
+        and evaluates them."""
+        return self.triggers.add(survey_id, name, **rule)
 
     def due(self, survey_id: str | None = None) -> list[dict[str, Any]]:
         """Invitations by e-mail or webhook not sent yet and outside quiet hours now."""
@@ -426,113 +359,14 @@ class Surveys:
                        [_now(), inv["invitation_id"]])
         return {"state": "recorded", "invitation": inv}
 
-    # -- what the answers say ------------------------------------------------------------------
-    def report(self, survey_id: str) -> dict[str, Any]:
-        """Answers, and for NPS the score with a 95 % adjusted-Wald interval."""
-        survey = self.get(survey_id)
-        rows = self._q("""
-            SELECT TRY_CAST(properties->>'score' AS INTEGER) AS score, count(*) AS n
-            FROM events WHERE event = 'survey_answered'
-              AND properties->>'survey_id' = ? GROUP BY 1 ORDER BY 1""", [survey_id])
-        dist = {r["score"]: r["n"] for r in rows if r["score"] is not None}
-        n = sum(dist.values())
-        out: dict[str, Any] = {"survey_id": survey_id, "kind": survey["kind"], "answers": n,
-                               "distribution": dist,
-                               "flags": self._q("""SELECT f.kind, count(*) AS n
-                                   FROM survey_flags f JOIN survey_invitations i
-                                   USING (invitation_id) WHERE i.survey_id = ?
-                                   GROUP BY 1""", [survey_id])}
-        if survey["kind"] == "nps":
-            out.update(nps(sum(v for k, v in dist.items() if k >= 9),
-                           sum(v for k, v in dist.items() if k <= 6), n))
-        elif n:
-            out["mean"] = sum(k * v for k, v in dist.items()) / n
-        return out
+    # -- what the answers say (survey_reports.py) -----------------------------------------
+    def report(self, survey_id: str, by: str | None = None, *,
+               within: str = "7d") -> dict[str, Any]:
+        """Answers, NPS with its adjusted-Wald interval (CSAT, CES: mean and interval),
+        overall or ``by`` day, week, month, touchpoint, lifecycle or cohort:NAME."""
+        return survey_reports.report(self.ws, survey_id, by, within=within)
 
-
-def campaign_impact(ws: Any, campaign_id: str, *, within_days: float = 3.0,
-                    survey_id: str | None = None, themes: int = 5) -> dict[str, Any]:
-    """The experience impact of a campaign: NPS (with its interval) of those who converted
-    (booked within ``within_days`` of their first click), those who clicked and did not
-    convert, those who ignored it, and those it was not sent to, from answers given after the
-    send, with the most frequent "why"s of each group.
-    """
-    booking = ws.settings.booking_event
-    params: list[Any] = [campaign_id, campaign_id, booking, within_days, campaign_id]
-    survey_filter = ""
-    if survey_id is not None:
-        survey_filter = "AND properties->>'survey_id' = ?"
-        params.append(survey_id)
-    rows = ws.store.query(f"""
-        WITH pe AS (SELECT person_id, event, timestamp, properties FROM person_events
-                    WHERE person_id IS NOT NULL),
-        sent AS (SELECT person_id, min(timestamp) AS t FROM pe
-                 WHERE event = 'Campaign Sent' AND properties->>'campaign_id' = ? GROUP BY 1),
-        clicked AS (SELECT person_id, min(timestamp) AS t FROM pe
-                    WHERE event = 'Campaign Clicked' AND properties->>'campaign_id' = ?
-                    GROUP BY 1),
-        converted AS (SELECT DISTINCT c.person_id FROM clicked c JOIN pe b
-                      ON b.person_id = c.person_id AND b.event = ? AND b.timestamp > c.t
-                      AND b.timestamp <= c.t + to_microseconds((? * 86400e6)::BIGINT)),
-        known AS (SELECT DISTINCT person_id FROM persons WHERE known_at IS NOT NULL),
-        grp AS (
-          SELECT k.person_id,
-                 CASE WHEN v.person_id IS NOT NULL THEN 'converted'
-                      WHEN c.person_id IS NOT NULL THEN 'clicked_not_converted'
-                      WHEN s.person_id IS NOT NULL THEN 'ignored'
-                      ELSE 'not_sent' END AS grp
-          FROM known k LEFT JOIN sent s USING (person_id) LEFT JOIN clicked c USING (person_id)
-          LEFT JOIN converted v USING (person_id)),
-        answers AS (
-          SELECT person_id, TRY_CAST(properties->>'score' AS INTEGER) AS score,
-                 nullif(trim(properties->>'why'), '') AS why
-          FROM pe WHERE event = 'survey_answered'
-            AND timestamp > (SELECT min(t) FROM sent WHERE ? IS NOT NULL) {survey_filter})
-        SELECT g.grp, count(DISTINCT g.person_id) AS persons,
-               count(a.score) AS answers,
-               count_if(a.score >= 9) AS promoters, count_if(a.score <= 6) AS detractors,
-               list(a.why) FILTER (WHERE a.why IS NOT NULL) AS whys
-        FROM grp g LEFT JOIN answers a USING (person_id) GROUP BY g.grp""", params)
-    order = ["converted", "clicked_not_converted", "ignored", "not_sent"]
-    groups = []
-    for r in sorted(rows, key=lambda r: order.index(r["grp"])):
-        counts: dict[str, int] = {}
-        for why in r["whys"] or []:  # the themes: verbatims by frequency, per group
-            counts[why] = counts.get(why, 0) + 1
-        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:themes]
-        groups.append({"group": r["grp"], "persons": r["persons"], "answers": r["answers"],
-                       **nps(r["promoters"], r["detractors"], r["answers"]),
-                       "themes": [{"why": w, "answers": n} for w, n in top]})
-    return {"campaign_id": campaign_id, "within_days": within_days, "survey_id": survey_id,
-            "groups": groups}
-
-
-def _quiet_hours(text: str) -> tuple[int, int] | None:
-    """``"21-8"`` -> (21, 8): no message from 21:00 to 08:00 local time; empty: none."""
-    if not text.strip():
-        return None
-    try:
-        start, end = (int(x) for x in text.split("-"))
-    except ValueError:
-        raise ValidationError(f"survey_quiet_hours {text!r}: use START-END hours, e.g. 21-8.",
-                              setting="survey_quiet_hours") from None
-    if not (0 <= start <= 23 and 0 <= end <= 23 and start != end):
-        raise ValidationError("survey_quiet_hours: two different hours from 0 to 23.",
-                              setting="survey_quiet_hours")
-    return start, end
-
-
-def nps(promoters: int, detractors: int, n: int, z: float = 1.96) -> dict[str, Any]:
-    """NPS (-100..100) with the adjusted-Wald interval (Sauro & Lewis): add 3/4 of an answer
-    to promoters and detractors and 3 to n, then a Wald interval on the difference."""
-    if n == 0:
-        return {"nps": None, "nps_low": None, "nps_high": None, "promoters": 0,
-                "detractors": 0}
-    na = n + 3
-    pp, pd = (promoters + 0.75) / na, (detractors + 0.75) / na
-    adj = pp - pd
-    half = z * math.sqrt(max(pp + pd - adj * adj, 0.0) / na)
-    return {"nps": round(100 * (promoters - detractors) / n, 1),
-            "nps_low": round(100 * max(adj - half, -1.0), 1),
-            "nps_high": round(100 * min(adj + half, 1.0), 1),
-            "promoters": promoters, "detractors": detractors}
+    def verbatims(self, survey_id: str, *, limit: int = 20, journey: int = 5
+                  ) -> list[dict[str, Any]]:
+        """The latest answers with a "why", each with the ``journey`` events before it."""
+        return survey_reports.verbatims(self.ws, survey_id, limit=limit, journey=journey)

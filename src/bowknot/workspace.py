@@ -17,7 +17,7 @@ import duckdb
 import orjson
 
 from . import build as build_module
-from . import cases, identity, privacy, profiles, surveys, webhooks
+from . import cases, identity, privacy, profiles, survey_triggers, surveys, webhooks
 from .access import Access
 from .errors import BowknotError, QueryError, ValidationError
 from .failures import Failures
@@ -42,7 +42,7 @@ class Workspace:
         self.failures = Failures(self)
         build_module.migrate(self.store.connection)
         ddl = (identity.DDL + profiles.DDL + build_module.DDL + privacy.DDL + surveys.DDL
-               + webhooks.DDL + cases.DDL)
+               + webhooks.DDL + cases.DDL + survey_triggers.DDL)
         for statement in ddl:
             run(self.store.connection, statement)
         profiles.create_view(self.store.connection, self.settings)
@@ -50,6 +50,7 @@ class Workspace:
         self.persons = Persons(self)
         self.privacy = privacy.Privacy(self)
         self.surveys = surveys.Surveys(self)
+        self.builder.hooks.append(self.surveys.triggers.after_build)
         self.cases = cases.Cases(self)
         self._journeys: Any = None
 

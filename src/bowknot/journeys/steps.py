@@ -88,6 +88,28 @@ class Step:
             cond = cond & value.isin(list(values))
         return cond
 
+    def sql(self) -> tuple[str, list[Any]]:
+        """The same predicate as DuckDB SQL over the raw columns of ``events`` (``type``,
+        ``event``, ``name``, ``properties``), with its parameters: for the set-based fast
+        paths (survey triggers) that filter events before joining them to persons."""
+        kind, _, page = self.event.partition(":")
+        params: list[Any] = []
+        if kind in ("page", "screen") and page:
+            cond = "(type = ? AND name = ?)"
+            params += [kind, page]
+        elif self.event in ("identify", "page", "screen", "group", "alias"):
+            # An unnamed page or screen is labelled by its type; a named one is not.
+            cond = "(type = ? AND (type NOT IN ('page', 'screen') OR name IS NULL))"
+            params.append(self.event)
+        else:
+            cond = "(type = 'track' AND event = ?)"
+            params.append(self.event)
+        for key, values in self.where:
+            marks = ", ".join("?" for _ in values)
+            cond += f" AND json_extract_string(properties, ?) IN ({marks})"
+            params += ["$." + key, *values]
+        return cond, params
+
     def __str__(self) -> str:
         if not self.where:
             return self.event

@@ -176,6 +176,49 @@ async def send(request: Request, survey_id: str, body: SendIn) -> JSONResponse:
     return _json(out)
 
 
+class TriggerIn(BaseModel):
+    name: str = Field(description="1-64 lower-case letters, digits, '-' or '_'")
+    event: str | None = Field(None, description="did A, e.g. 'Ticket Closed[topic=pickup]'")
+    did: str | None = Field(None, description="did A ... (with did_not and within)")
+    did_not: str | None = Field(None, description="... but not B ...")
+    within: str | None = Field(None, description="... within T after the first A: 3d, 48h")
+    cohort: str | None = Field(None, description="the rule of a saved cohort")
+    channel: str = Field("email", description="link, email or webhook")
+    since: str | None = Field(None, description="only A events from this ISO time on")
+
+
+@router.post("/surveys/{survey_id}/triggers",
+             summary="Add a trigger: invite whoever matches a rule, after every build")
+async def add_trigger(request: Request, survey_id: str, body: TriggerIn) -> JSONResponse:
+    ws = _ws(request)
+    return _json(await run_in_threadpool(lambda: ws.surveys.add_trigger(
+        survey_id, body.name, event=body.event, did=body.did, did_not=body.did_not,
+        within=body.within, cohort=body.cohort, channel=body.channel, since=body.since)))
+
+
+@router.get("/triggers", summary="Survey triggers with what they invited")
+async def list_triggers(request: Request, survey_id: str | None = None) -> JSONResponse:
+    return _json(await run_in_threadpool(_ws(request).surveys.triggers.list, survey_id))
+
+
+@router.post("/triggers/{name}/{action}",
+             summary="Pause, resume or evaluate a trigger (evaluate: ?full=true from scratch)")
+async def trigger_action(request: Request, name: str, action: str,
+                         full: bool = False) -> JSONResponse:
+    triggers = _ws(request).surveys.triggers
+    if action == "evaluate":
+        return _json(await run_in_threadpool(lambda: triggers.evaluate(name, full=full)))
+    if action not in ("pause", "resume"):
+        raise ValidationError(f"Unknown action {action!r}: use pause, resume or evaluate.")
+    return _json(await run_in_threadpool(getattr(triggers, action), name))
+
+
+@router.delete("/triggers/{name}", summary="Remove a trigger (its invitations stay)")
+async def remove_trigger(request: Request, name: str) -> JSONResponse:
+    await run_in_threadpool(_ws(request).surveys.triggers.remove, name)
+    return _json({"removed": name})
+
+
 @router.get("/campaigns/{campaign_id}/impact",
             summary="Experience impact: NPS by converted / clicked-not-converted / ignored")
 async def impact(request: Request, campaign_id: str, within_days: float = 3.0,
@@ -232,9 +275,23 @@ async def replay(request: Request, delivery_id: str) -> JSONResponse:
     return _json(await run_in_threadpool(webhooks.replay, _ws(request), delivery_id))
 
 
-@router.get("/surveys/{survey_id}/report", summary="Answers and NPS with its interval")
-async def report(request: Request, survey_id: str) -> JSONResponse:
-    return _json(await run_in_threadpool(_ws(request).surveys.report, survey_id))
+@router.get("/surveys/{survey_id}/report",
+            summary="Answers: NPS with its interval (CSAT, CES: mean), overall or by a group")
+async def report(request: Request, survey_id: str, by: str | None = None,
+                 within: str = "7d") -> JSONResponse:
+    """``by``: day, week, month, touchpoint, lifecycle or cohort:NAME."""
+    ws = _ws(request)
+    return _json(await run_in_threadpool(lambda: ws.surveys.report(survey_id, by,
+                                                                   within=within)))
+
+
+@router.get("/surveys/{survey_id}/verbatims",
+            summary="The latest answers with a why, each with the journey before it")
+async def verbatims(request: Request, survey_id: str, limit: int = 20,
+                    journey: int = 5) -> JSONResponse:
+    ws = _ws(request)
+    return _json(await run_in_threadpool(lambda: ws.surveys.verbatims(
+        survey_id, limit=limit, journey=journey)))
 
 
 __all__ = ["BowknotError", "public", "router"]
