@@ -74,18 +74,23 @@ async def survey_answer(request: Request, token: str, csrf: str = Form(""),
                         score: str = Form(""), why: str = Form(""),
                         reasons: list[str] | None = Form(None)) -> Response:  # noqa: B008
     ws = _ws(request)
-    state, inv = await run_in_threadpool(ws.surveys.invitation, token)
-    if state in ("invalid", "expired"):
-        name, status = _STATES[state]
-        return _page(request, token, name, inv, status)
     if not score.strip().isdigit():
+        state, inv = await run_in_threadpool(ws.surveys.invitation, token)
+        if state in ("invalid", "expired"):
+            name, status = _STATES[state]
+            return _page(request, token, name, inv, status)
         t = ws.surveys.texts(ws.surveys.get(inv["survey_id"]), inv["language"]) if inv else {}
         return _page(request, token, "form", inv, 400, error=t.get("choose"))
-    try:
+    try:  # one call: the link's state is read once, and the answer is one write
         out = await run_in_threadpool(ws.surveys.answer, token, int(score), why, reasons, csrf)
     except ValidationError as exc:
+        state, inv = await run_in_threadpool(ws.surveys.invitation, token)
         return _page(request, token, "form", inv, 400, error=exc.message,
                      chosen=int(score))
+    inv = out["invitation"]
+    if out["state"] in ("invalid", "expired"):
+        name, status = _STATES[out["state"]]
+        return _page(request, token, name, inv, status)
     if out["state"] == "answered":
         return _page(request, token, "used", inv)
     return _page(request, token, "thanks", inv, ask_why=not out["invitation"]["commented"])
