@@ -70,6 +70,10 @@ _COMMENTED = pa.schema([("invitation_id", pa.string()), ("commented_at", pa.time
 _COMMENTED_SQL = """UPDATE survey_invitations SET commented_at = c.commented_at
     FROM survey_comments c WHERE survey_invitations.invitation_id = c.invitation_id"""
 
+# Invitation rows kept in memory (a page, then its post), and answers noted beside them.
+_ROWS_KEPT = 20_000
+_ANSWERED_KEPT = 200_000
+
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -87,6 +91,9 @@ class Surveys:
         self._lock = threading.RLock()  # invite -> token -> secret re-enters
         self._guard = threading.Lock()  # of _busy: per invitation, a lock and its users
         self._busy: dict[str, tuple[threading.Lock, list[int]]] = {}
+        self._rows: dict[str, dict[str, Any]] = {}  # invitation rows as read (see _row)
+        self._answered: dict[str, dict[str, Any]] = {}  # changed by answers since then
+        self._generation = 0  # of the two above, bumped by forget()
         self._surveys: dict[str, dict[str, Any]] = {}  # read on every page: cached
         self._secret: bytes | None = None
 
@@ -352,15 +359,60 @@ class Surveys:
         if len(parts) != 3 or not hmac.compare_digest(
                 self._sign(f"{parts[0]}.{parts[1]}"), parts[2]):
             return "invalid", None
-        rows = self._q("SELECT * FROM survey_invitations WHERE invitation_id = ?", [parts[0]])
-        if not rows:
+        inv = self._row(parts[0])
+        if inv is None:
             return "invalid", None
-        inv = rows[0]
         if inv["answered_at"] is not None:
             return "answered", inv
         if int(parts[1]) < time.time():
             return "expired", inv
         return "ok", inv
+
+    def _row(self, invitation_id: str) -> dict[str, Any] | None:
+        """The invitation's row, with what this process has recorded on it since it was read.
+
+        A page and its post read the same row, and everything an answer changes on it goes
+        through this object (one process holds the workspace), so rows are kept (up to
+        ``_ROWS_KEPT``) and what an answer changed is kept beside them (``_answered``, filled
+        once the answer is durable): a kept row read before an answer is never taken for
+        unanswered. After a restart both are empty and the store says what is answered.
+        """
+        row = self._rows.get(invitation_id)
+        if row is None:
+            generation = self._generation
+            rows = self._q("SELECT * FROM survey_invitations WHERE invitation_id = ?",
+                           [invitation_id])
+            if not rows:
+                return None
+            row = rows[0]
+            with self._guard:
+                if generation == self._generation:  # not read across a forget()
+                    if len(self._rows) >= _ROWS_KEPT:
+                        self._rows.clear()
+                    self._rows.setdefault(invitation_id, row)
+        done = self._answered.get(invitation_id)
+        if done is None:
+            return row
+        return {**row, **{k: v for k, v in done.items() if v is not None or row[k] is None}}
+
+    def _recorded(self, invitation_id: str, **changes: Any) -> None:
+        """Note what an answer (or its "why") changed on the invitation, once durable."""
+        with self._guard:
+            if len(self._answered) >= _ANSWERED_KEPT:
+                self._forget()
+            self._answered[invitation_id] = {**self._answered.get(invitation_id, {}),
+                                             **changes}
+
+    def forget(self) -> None:
+        """Drop the kept invitation rows: call after changing survey_invitations other than
+        by answering (a privacy deletion does)."""
+        with self._guard:
+            self._forget()
+
+    def _forget(self) -> None:
+        self._rows.clear()
+        self._answered.clear()
+        self._generation += 1
 
     # -- answers -------------------------------------------------------------------------------
     def call(self, inv: dict[str, Any], event: str, message_id: str,
@@ -436,14 +488,16 @@ class Surveys:
                 "why": why, "reasons": chosen, "invitation_id": invitation_id,
                 "trigger": inv["trigger"], "channel": inv["channel"],
                 "language": inv["language"]})]
-            rows = [Rows("survey_answers", _ANSWERED_SQL, _ANSWERED, [
-                {"invitation_id": invitation_id, "answered_at": now, "score": score,
-                 "commented_at": now if why is not None else None}])]
+            answered = {"answered_at": now, "score": score,
+                        "commented_at": now if why is not None else None}
+            rows = [Rows("survey_answers", _ANSWERED_SQL, _ANSWERED,
+                         [{"invitation_id": invitation_id, **answered}])]
             case = self.ws.cases.opening(inv, survey["kind"], score, why)
             if case is not None:
                 calls.append(self.ws.cases.opened_call(inv, case))
                 rows.append(self.ws.cases.rows([case]))
             self.ws.send_many(calls, rows=rows)
+            self._recorded(invitation_id, **answered)
         return {"state": "recorded", "case_id": case["case_id"] if case else None,
                 "invitation": {**inv, "score": score, "commented": why is not None}}
 
@@ -469,12 +523,14 @@ class Surveys:
                 return {"state": state if state != "answered" else "empty", "invitation": inv}
             if inv["commented_at"] is not None:
                 return {"state": "commented", "invitation": inv}
+            now = _now()
             self.ws.send_many([self.call(
                 inv, "survey_commented", f"survey-why-{invitation_id}", {
                     "survey_id": inv["survey_id"], "why": why,
                     "invitation_id": invitation_id, "score": inv["score"]})],
                 rows=[Rows("survey_comments", _COMMENTED_SQL, _COMMENTED, [
-                    {"invitation_id": invitation_id, "commented_at": _now()}])])
+                    {"invitation_id": invitation_id, "commented_at": now}])])
+            self._recorded(invitation_id, commented_at=now)
         return {"state": "recorded", "invitation": inv}
 
     # -- what the answers say ------------------------------------------------------------------
