@@ -109,3 +109,27 @@ def test_a_page_read_before_a_deletion_answers_nothing(ws: bowknot.Workspace,
     assert gone.status_code == 404
     assert count(ws, "events WHERE event LIKE 'survey_%' OR event = 'case_opened'") == 0
     assert count(ws, "cases") == 0
+
+
+def test_posted_forms_keep_reason_choices_and_words(ws: bowknot.Workspace,
+                                                    client: TestClient) -> None:
+    pid = person(ws)
+    ws.surveys.create("nps", kind="nps", reasons=["Price", "Staff"])
+    token = ws.surveys.invite("nps", pid)["token"]
+    csrf = form_fields(client.get("/s/" + token).text)["csrf"]
+    words = "کارمندان مهربان بودند & <fast>"
+    done = client.post("/s/" + token, data={"csrf": csrf, "score": "8", "why": words,
+                                            "reasons": ["Staff", "Made up"]})
+    assert done.status_code == 200 and "Thank you" in done.text
+    answer = ws.sql("SELECT properties->>'why' AS why, properties->'reasons' AS reasons "
+                    "FROM events WHERE event = 'survey_answered'")
+    assert answer == [{"why": words, "reasons": '["Staff"]'}]
+    # A multipart post (another client) is read too.
+    other = ws.surveys.invite("nps", pid, trigger="again")["token"]
+    csrf = form_fields(client.get("/s/" + other).text)["csrf"]
+    multipart = client.post("/s/" + other, files={"csrf": (None, csrf), "score": (None, "4")})
+    assert multipart.status_code == 200 and "Thank you" in multipart.text
+    why = client.post(f"/s/{other}/why", files={"csrf": (None, csrf), "why": (None, "late")})
+    assert why.status_code == 200
+    assert count(ws, "events WHERE event = 'survey_answered'") == 2
+    assert count(ws, "events WHERE event = 'survey_commented'") == 1
