@@ -392,7 +392,7 @@ class Surveys:
                     self._rows.setdefault(invitation_id, row)
         done = self._answered.get(invitation_id)
         if done is None:
-            return row
+            return dict(row)  # the kept row stays as read, whatever the caller does
         return {**row, **{k: v for k, v in done.items() if v is not None or row[k] is None}}
 
     def _recorded(self, invitation_id: str, **changes: Any) -> None:
@@ -439,8 +439,9 @@ class Surveys:
     @contextlib.contextmanager
     def _one_at_a_time(self, invitation_id: str) -> Iterator[None]:
         """Posts to one invitation (a double click, a scanner) one after the other, each
-        reading the invitation's state from the store once the one before is durable; posts
-        to different invitations in parallel, so their writes share group commits."""
+        reading the invitation's state (:meth:`_row`) once the one before is durable and
+        noted; posts to different invitations in parallel, so their writes share group
+        commits."""
         with self._guard:
             entry = self._busy.setdefault(invitation_id, (threading.Lock(), [0]))
             entry[1][0] += 1
