@@ -82,7 +82,10 @@ class Rows:
     ``sql`` reads them as table ``name`` (with ``schema``); the rows of every submission in
     a group with the same statement are written by one execution of it, so a state change
     that goes with an event (an invitation answered, a case opened) costs neither a
-    statement nor a commit of its own, and is durable exactly when its event is.
+    statement nor a commit of its own, and is durable exactly when its event is. The rows
+    are not written when one of the submission's events is refused (the caller hears why);
+    its other events are, so the events of a submission with rows are the library's own,
+    not a client's.
     """
 
     name: str
