@@ -129,6 +129,8 @@ class Privacy:
             counts = self._delete(con, subject, values, dry_run)
             if not dry_run:  # the deletion and its audit record commit together
                 self._audit(con, op, "delete", dry_run, len(values), counts)
+        if not dry_run:  # the pages no longer know the person's invitations
+            self.ws.surveys.forget()
         if dry_run:  # a dry run changes nothing but is audited too
             self._audit(self.ws.store.cursor(), op, "delete", dry_run, len(values), counts)
         return {"operation_id": op, "kind": "delete", "dry_run": dry_run,
