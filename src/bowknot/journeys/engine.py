@@ -2,9 +2,10 @@
 
 Every analysis is one Ibis expression over :meth:`Engine.events` (and :meth:`Engine.traits`);
 an engine only says where those tables live and how to read a JSON field, so the analyses are
-written once (issue 5). The DuckDB engine reads the workspace's ``person_events`` view in
-place; the Spark engine reads a Parquet snapshot of the same normalised columns, written by
-DuckDB when the engine is made (``refresh()`` takes a new one).
+written once (issue 5). The DuckDB engine reads the workspace's ``journey_events`` table (person
+events as of the last build, kept by the build: :mod:`bowknot.journal`) in place; the Spark
+engine reads a Parquet snapshot of the same table, written by DuckDB when the engine is made
+(``refresh()`` takes a new one).
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ ENGINES = ("duckdb", "spark")
 #   event      the step label: a track's event name, "page:<name>" / "screen:<name>" for
 #              named pages and screens, else the call type ("identify", "page", ...)
 #   properties, context   the JSON objects, as text
-EVENT_COLUMNS = ("person_id", "ts", "seq", "type", "event", "properties", "context")
+#   channel, campaign     a touch's channel and campaign: its properties ``channel`` and
+#              ``campaign_id``, else the UTM source and name of its context
+#   utm_campaign          the UTM campaign name of its context
+EVENT_COLUMNS = ("person_id", "ts", "seq", "type", "event", "properties", "context",
+                 "channel", "campaign", "utm_campaign")
 
 
 @ibis.udf.scalar.builtin(name="json_extract_string")  # type: ignore[untyped-decorator]
@@ -47,25 +52,9 @@ def _spark_json_text(doc: str, path: str) -> str:  # type: ignore[empty-body]
 
 
 def normalised_events(ws: Workspace) -> ir.Table:
-    """``person_events`` as the analysis columns, on the workspace's DuckDB (Ibis)."""
-    pe = ws.table("person_events")
-    named = pe.type.isin(["page", "screen"]) & pe.name.notnull()
-    label = ibis.cases(
-        (pe.type == "track", pe.event),
-        (named, pe.type.concat(":", pe.name)),
-        else_=pe.type,
-    )
-    return pe.filter(pe.person_id.notnull()).select(
-        person_id=pe.person_id,
-        ts=pe.timestamp,
-        # The key is an unsigned 64-bit hash; halved it fits a signed BIGINT (Spark has no
-        # unsigned types) and keeps its order.
-        seq=(pe.key // 2).cast("int64"),
-        type=pe.type,
-        event=label.cast("string"),
-        properties=pe.properties.cast("string"),
-        context=pe.context.cast("string"),
-    )
+    """The analysis columns of every person event (the build's ``journey_events`` table, see
+    :mod:`bowknot.journal`), on the workspace's DuckDB (Ibis)."""
+    return ws.table("journey_events")
 
 
 def normalised_traits(ws: Workspace) -> ir.Table:
@@ -82,6 +71,8 @@ class Engine:
     """Where the analyses run. Subclasses give the two tables and the JSON accessor."""
 
     name = "engine"
+    # Whether the engine has an ASOF join (a fast path for "the last X before each Y").
+    asof = False
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
@@ -111,6 +102,7 @@ class DuckDBEngine(Engine):
     """The embedded store: the workspace's own tables, read in place."""
 
     name = "duckdb"
+    asof = True
 
     def events(self) -> ir.Table:
         return normalised_events(self.ws)
