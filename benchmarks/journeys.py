@@ -71,14 +71,14 @@ def export(ws: Any, path: Path) -> None:
     tmp.rename(path)
 
 
-def demo_source(events: int) -> Path:
-    for folder in (DATA, CACHED):
-        if (folder / f"demo-{events}.jsonl").exists():
-            return folder / f"demo-{events}.jsonl"
+def demo_source(events: int, folder: Path = DATA) -> Path:
+    for where in (folder, DATA, CACHED):
+        if (where / f"demo-{events}.jsonl").exists():
+            return where / f"demo-{events}.jsonl"
     from bowknot import demo
 
-    DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"demo-{events}.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"demo-{events}.jsonl"
     demo.write_jsonl(path.with_suffix(".tmp"), events=events, seed=SEED)
     path.with_suffix(".tmp").rename(path)
     return path
@@ -97,7 +97,7 @@ def prepare(events: int, folder: Path = DATA) -> tuple[Path, Path]:
         tmp.unlink(missing_ok=True)
         ws = bowknot.connect(str(tmp))
         t = time.perf_counter()
-        import_file(ws, str(demo_source(events)))
+        import_file(ws, str(demo_source(events, folder)))
         print(f"imported in {time.perf_counter() - t:.0f} s", flush=True)
         ws.close()
         tmp.rename(db)
@@ -144,9 +144,21 @@ def child(peer_name: str, parquet: str, workspace: str, questions: list[str],
             "rows": len(rows), "hash": hashlib.sha256(text.encode()).hexdigest()[:16],
             "answer": rows if len(text) < 20_000 else None,
         }
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     out["versions"] = versions(peer_name)
     return out
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM starts afresh at exec; ru_maxrss would include the
+    parent's peak (Linux keeps it across execve)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def versions(peer_name: str) -> dict[str, str]:

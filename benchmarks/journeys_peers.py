@@ -48,6 +48,14 @@ def _r(x: Any, digits: int) -> Any:
     return round(float(x), digits)
 
 
+def _ms(x: Any) -> Any:
+    """Seconds between ms-precision times and their medians are multiples of 0.5 ms: snap to
+    that grid, so float noise in a peer's arithmetic does not flip a rounding."""
+    if x is None or x != x:
+        return None
+    return round(float(x) * 2000) / 2000
+
+
 def _day(x: Any) -> str:
     if isinstance(x, datetime):
         return x.date().isoformat()
@@ -66,7 +74,7 @@ def normal(question: str, rows: list[dict[str, Any]]) -> list[Any]:
     if question == "transitions":
         return sorted([r["from"], r["to"], int(r["transitions"]), int(r["persons"]),
                        _r(r["probability_out"], 6), _r(r["probability_in"], 6),
-                       _r(r["median_seconds"], 2)] for r in rows)
+                       _ms(r["median_seconds"])] for r in rows)
     if question == "transition_counts":
         return sorted([r["from"], r["to"], int(r["transitions"])] for r in rows)
     if question == "cohort":
@@ -77,9 +85,9 @@ def normal(question: str, rows: list[dict[str, Any]]) -> list[Any]:
         return sorted([_day(r["cohort"]), int(r["period"]), int(r["persons"]),
                        int(r["returned"])] for r in rows)
     if question == "nps":
-        return sorted(([r["channel"] or "", r["campaign"] or "", int(r["outcomes"]),
+        return sorted([r["channel"] or "", r["campaign"] or "", int(r["outcomes"]),
                         int(r["persons"]), int(r["promoters"]), int(r["detractors"]),
-                        int(r["answered"]), _r(r["mean_value"], 4)] for r in rows))
+                        int(r["answered"]), _r(r["mean_value"], 4)] for r in rows)
     raise KeyError(question)
 
 
@@ -111,7 +119,7 @@ class DuckDBSQL:
                              ORDER BY person_id, ts, seq""")
 
     def q(self, sql: str) -> list[dict[str, Any]]:
-        return _rows(self.con.execute(sql).to_arrow_table())
+        return _rows(self.con.sql(sql).to_arrow_table())
 
     def funnel(self) -> list[dict[str, Any]]:
         s = ", ".join(f"'{x}'" for x in STEPS)

@@ -41,8 +41,8 @@ class Workspace:
         self.access = Access(self.store)
         self.failures = Failures(self)
         build_module.migrate(self.store.connection)
-        ddl = (identity.DDL + profiles.DDL + journal.DDL + build_module.DDL + privacy.DDL + surveys.DDL
-               + webhooks.DDL + cases.DDL)
+        ddl = (identity.DDL + profiles.DDL + journal.DDL + build_module.DDL + privacy.DDL
+               + surveys.DDL + webhooks.DDL + cases.DDL)
         for statement in ddl:
             run(self.store.connection, statement)
         profiles.create_view(self.store.connection, self.settings)

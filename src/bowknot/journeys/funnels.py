@@ -139,7 +139,9 @@ class Funnel:
         n = len(self.steps)
         flags = {f"s{k}": s.predicate(engine, ev) for k, s in enumerate(self.steps)}
         bv = breakdown_value(engine, ev, self.breakdown)
-        ev = ev.mutate(bv=bv if bv is not None else ibis.null("string"), **flags)
+        # Only the columns used: a window carries every column of its input (the JSON too).
+        ev = ev.select("person_id", "ts", "seq",
+                       bv=bv if bv is not None else ibis.null("string"), **flags)
         window = ibis.interval(seconds=self.within)
         if self.order == "any":
             return self._unordered(engine, ev, window)
