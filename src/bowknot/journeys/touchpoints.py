@@ -6,8 +6,9 @@ properties name the ``channel`` and ``campaign_id``) or a visit with UTM paramet
 (``context.campaign.source`` and ``.name``); the build extracts both into the ``channel`` and
 ``campaign`` columns of the journal. On DuckDB the last touch is found with an ASOF join, on
 other engines with a window over the touches in range (the same answer, tested on both).
-Outcomes without a touch in the window are grouped under ``channel = campaign = None``. With ``value`` (a numeric property of the
-outcome, e.g. ``score``) each group gets its mean, and for 0-10 scores its NPS.
+Outcomes without a touch in the window are grouped under ``channel = campaign = None``. With
+``value`` (a numeric property of the outcome, e.g. ``score``) each group gets its mean, and for
+0-10 scores its NPS.
 """
 
 from __future__ import annotations
