@@ -218,20 +218,20 @@ class DuckDBSQL:
 
     def nps(self) -> list[dict[str, Any]]:
         touches = ", ".join(f"'{x}'" for x in TOUCH_EVENTS)
-        # ASOF picks the latest touch at or before each answer; ties in time go to the
-        # touch with the highest seq, so those are resolved first.
+        # ASOF picks the latest touch at or before each answer; (ts, seq) as one 128-bit key
+        # breaks ties in time by seq (measured faster than first de-duplicating the ties).
+        key = "epoch_us(ts)::HUGEINT * 18446744073709551616 + {}"
         return self.q(f"""
-            WITH o AS (SELECT person_id, ts, seq, score FROM ev WHERE event = '{NPS_OUTCOME}'),
-            t AS (SELECT person_id, ts, arg_max_null(channel, seq) AS channel,
-                         arg_max_null(campaign, seq) AS campaign
-                  FROM ev WHERE event IN ({touches}) OR utm_campaign IS NOT NULL
-                  GROUP BY person_id, ts),
+            WITH o AS (SELECT person_id, ts, score, {key.format(2**63 - 1)} AS k
+                       FROM ev WHERE event = '{NPS_OUTCOME}'),
+            t AS (SELECT person_id, ts, channel, campaign, {key.format('seq')} AS k
+                  FROM ev WHERE event IN ({touches}) OR utm_campaign IS NOT NULL),
             j AS (SELECT o.person_id, o.score,
                          CASE WHEN t.ts >= o.ts - INTERVAL {NPS_WITHIN_D} DAY
                               THEN t.channel END AS channel,
                          CASE WHEN t.ts >= o.ts - INTERVAL {NPS_WITHIN_D} DAY
                               THEN t.campaign END AS campaign
-                  FROM o ASOF LEFT JOIN t ON o.person_id = t.person_id AND o.ts >= t.ts)
+                  FROM o ASOF LEFT JOIN t ON o.person_id = t.person_id AND o.k >= t.k)
             SELECT channel, campaign, count(*) AS outcomes,
                    count(DISTINCT person_id) AS persons, avg(score) AS mean_value,
                    count(*) FILTER (WHERE score >= 9) AS promoters,

@@ -13,9 +13,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import ibis
+import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 import pyarrow as pa
 
@@ -46,6 +48,11 @@ def _duckdb_json_text(doc: str, path: str) -> str:  # type: ignore[empty-body]
     """DuckDB: the text of the JSON value at ``path`` (NULL when absent)."""
 
 
+@ibis.udf.scalar.builtin(name="epoch_us")  # type: ignore[untyped-decorator]
+def _duckdb_epoch_us(ts: dt.timestamp) -> dt.int64:  # type: ignore[empty-body]
+    """DuckDB: microseconds since 1970 of a timestamp."""
+
+
 @ibis.udf.scalar.builtin(name="get_json_object")  # type: ignore[untyped-decorator]
 def _spark_json_text(doc: str, path: str) -> str:  # type: ignore[empty-body]
     """Spark: the same, under Spark's name."""
@@ -71,7 +78,8 @@ class Engine:
     """Where the analyses run. Subclasses give the two tables and the JSON accessor."""
 
     name = "engine"
-    # Whether the engine has an ASOF join (a fast path for "the last X before each Y").
+    # Whether the engine has an ASOF join (a fast path for "the last X before each Y") and
+    # :meth:`order_key` for it.
     asof = False
 
     def __init__(self, ws: Workspace) -> None:
@@ -85,6 +93,9 @@ class Engine:
 
     def json_text(self, doc: ir.StringValue, path: str) -> ir.StringValue:
         """The text of the JSON value at ``path`` (``$.a.b``) of the JSON text ``doc``."""
+        raise NotImplementedError
+
+    def order_key(self, ts: ir.TimestampValue, seq: ir.IntegerValue | int) -> ir.DecimalValue:
         raise NotImplementedError
 
     def to_arrow(self, expr: ir.Table) -> pa.Table:
@@ -113,6 +124,15 @@ class DuckDBEngine(Engine):
     def json_text(self, doc: ir.StringValue, path: str) -> ir.StringValue:
         out: ir.StringValue = _duckdb_json_text(doc, path)
         return out
+
+    def order_key(self, ts: ir.TimestampValue, seq: ir.IntegerValue | int) -> ir.DecimalValue:
+        """(ts, seq) as one number in the same order (a 128-bit decimal), so an ASOF join
+        on it breaks ties in time by seq, as the portable windows do."""
+        wide = "decimal(38, 0)"
+        seq_value = ibis.literal(seq, "int64") if isinstance(seq, int) else seq
+        key: ir.DecimalValue = (_duckdb_epoch_us(ts).cast(wide)
+                                * ibis.literal(Decimal(2**64), wide) + seq_value.cast(wide))
+        return key
 
 
 def spark_session(master: str = "local[2]", shuffle_partitions: int = 4) -> Any:

@@ -55,15 +55,15 @@ class Touchpoints:
                      campaign=t.campaign)
         window = ibis.interval(seconds=self.within)
         if engine.asof:
-            # The last touch at or before each outcome is an ASOF join; touches at the same
-            # time go to the greater seq first, as in the portable path's order.
-            last = ibis.struct({"channel": t.channel, "campaign": t.campaign}).argmax(t.tseq)
-            t1 = t.group_by([t.tpid, t.tts]).aggregate(touch=last)
-            a = o.asof_join(t1, o.ots >= t1.tts, predicates=[o.opid == t1.tpid])
+            # The last touch at or before each outcome is an ASOF join on (time, seq) as one
+            # key, so touches at the same time go to the greater seq, as in the window path.
+            t = t.mutate(tkey=engine.order_key(t.tts, t.tseq))
+            o = o.mutate(okey=engine.order_key(o.ots, 2**63 - 1))
+            a = o.asof_join(t, o.okey >= t.tkey, predicates=[o.opid == t.tpid])
             near = a.tts >= a.ots - window
             j = a.select(opid=a.opid, value=a.value,
-                         channel=ibis.ifelse(near, a.touch["channel"], ibis.null("string")),
-                         campaign=ibis.ifelse(near, a.touch["campaign"], ibis.null("string")))
+                         channel=ibis.ifelse(near, a.channel, ibis.null("string")),
+                         campaign=ibis.ifelse(near, a.campaign, ibis.null("string")))
         else:
             j = o.left_join(t, [o.opid == t.tpid, t.tts <= o.ots, t.tts >= o.ots - window])
             latest = ibis.window(group_by=[j.opid, j.ots, j.oseq],
