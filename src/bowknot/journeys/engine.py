@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from pathlib import Path
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ibis
@@ -49,7 +49,7 @@ def _duckdb_json_text(doc: str, path: str) -> str:  # type: ignore[empty-body]
 
 
 @ibis.udf.scalar.builtin(name="epoch_us")  # type: ignore[untyped-decorator]
-def _duckdb_epoch_us(ts: dt.timestamp) -> dt.int64:  # type: ignore[empty-body]
+def _duckdb_epoch_us(ts: dt.timestamp) -> dt.int64:
     """DuckDB: microseconds since 1970 of a timestamp."""
 
 
