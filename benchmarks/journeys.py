@@ -304,6 +304,7 @@ def main() -> None:
                                args.repeat), default=str))
         return
     events = args.events or TIERS[args.tier]
+    tier = next((t for t, n in TIERS.items() if n == events), "custom")
     repeat = args.repeat or REPEAT[args.tier]
     peers = [p for p in args.peers.split(",") if p]
     db, parquet = prepare(events)
@@ -311,7 +312,7 @@ def main() -> None:
     results = bench(db, parquet, peers, questions, repeat, args.memory_limit)
     problems = gate(results)
     RESULTS.mkdir(exist_ok=True)
-    report = {"tier": args.tier, "events": events, "seed": SEED, "repeat": repeat,
+    report = {"tier": tier, "events": events, "seed": SEED, "repeat": repeat,
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "processor": platform.processor() or platform.machine()},
@@ -319,8 +320,8 @@ def main() -> None:
               "peers": results}
     name = f"journeys-{args.tier}" if not args.events else f"journeys-{events}"
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    (RESULTS / f"{name}.md").write_text(table(results, args.tier, events))
-    print(table(results, args.tier, events))
+    (RESULTS / f"{name}.md").write_text(table(results, tier, events))
+    print(table(results, tier, events))
     if problems:
         raise SystemExit("correctness gate FAILED:\n  " + "\n  ".join(problems))
     print("correctness gate passed")
