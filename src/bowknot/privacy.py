@@ -173,6 +173,8 @@ class Privacy:
             ("persons", "person_id = ?", [pid]),
             ("profile_features", "person_id = ?", [pid]),
             ("person_traits", "person_id = ?", [pid]),
+            ("journey_events", """person_id = ?
+                OR seq IN (SELECT CAST(key // 2 AS BIGINT) FROM p_events)""", [pid]),
             ("person_redirects", "person_id = ? OR old_person_id = ?", [pid, pid]),
             ("identity_log", """person_id = ? OR other_person_id = ?
                 OR list_has_any(nodes, (SELECT list(node) FROM p_nodes))

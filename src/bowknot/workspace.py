@@ -17,7 +17,7 @@ import duckdb
 import orjson
 
 from . import build as build_module
-from . import cases, identity, privacy, profiles, survey_triggers, surveys, webhooks
+from . import cases, identity, journal, privacy, profiles, survey_triggers, surveys, webhooks
 from .access import Access
 from .errors import BowknotError, QueryError, ValidationError
 from .failures import Failures
@@ -41,8 +41,8 @@ class Workspace:
         self.access = Access(self.store)
         self.failures = Failures(self)
         build_module.migrate(self.store.connection)
-        ddl = (identity.DDL + profiles.DDL + build_module.DDL + privacy.DDL + surveys.DDL
-               + webhooks.DDL + cases.DDL + survey_triggers.DDL)
+        ddl = (identity.DDL + profiles.DDL + journal.DDL + build_module.DDL + privacy.DDL
+               + surveys.DDL + webhooks.DDL + cases.DDL + survey_triggers.DDL)
         for statement in ddl:
             run(self.store.connection, statement)
         profiles.create_view(self.store.connection, self.settings)
