@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from fastapi.testclient import TestClient
 
 import bowknot
+from bowknot import ingest
+from bowknot import workspace as workspace_module
 from bowknot.store.writer import Request, Rows, Submission
 
 from .test_surveys import form_fields, person
@@ -133,3 +136,49 @@ def test_posted_forms_keep_reason_choices_and_words(ws: bowknot.Workspace,
     assert why.status_code == 200
     assert count(ws, "events WHERE event = 'survey_answered'") == 2
     assert count(ws, "events WHERE event = 'survey_commented'") == 1
+
+
+def test_the_librarys_own_events_store_what_the_engine_would_and_stay_deduplicated(
+        ws: bowknot.Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Typed rows (``send_many(own=True)``, no parse statement) hold exactly what the engine
+    makes of the same event's text, share its deduplication key, and anything not plainly
+    valid still goes through the engine's validation."""
+    props = {"why": 'line\none "quoted" \\ tab\t émoji 🙂 خوب ดี </script>', "score": 3,
+             "reasons": ["a", "b"], "none": None, "nested": {"x": [1, 2, {"y": True}]}}
+    ctx = {"locale": "fa", "traits": {"email": "p@example.com"}}
+    seen: list[bool] = []
+    real = ingest.typed_track
+
+    def spy(*args: Any) -> dict[str, Any] | None:
+        seen.append((row := real(*args)) is not None)
+        return row
+
+    monkeypatch.setattr(workspace_module, "typed_track", spy)
+    for own, mid in ((True, "typed-1"), (False, "text-1")):
+        ws.send_many([("track", {"event": "survey_answered", "userId": "u1",
+                                 "messageId": mid, "properties": props, "context": ctx},
+                       "surveys")], own=own)
+    cols = ("source, type, event, name, anonymous_id, user_id, group_id, previous_id, "
+            "sent_at, properties::VARCHAR AS p, traits::VARCHAR AS tr, context::VARCHAR AS c, "
+            "integrations::VARCHAR AS i, timestamp = original_timestamp AS same_ts, "
+            "key = hash(source, message_id) AS keyed")
+    typed, text = (ws.sql(f"SELECT {cols} FROM events WHERE message_id = '{m}'")
+                   for m in ("typed-1", "text-1"))
+    assert seen == [True]  # the first went the typed way, the second as text
+    assert typed == text and typed[0]["keyed"] and typed[0]["same_ts"]
+    # A re-send of a typed event is a duplicate, whichever way it comes.
+    for own in (True, False):
+        ws.send_many([("track", {"event": "survey_answered", "userId": "u1",
+                                 "messageId": "typed-1", "properties": props,
+                                 "context": ctx}, "surveys")], own=own)
+    assert count(ws, "events WHERE message_id = 'typed-1'") == 1
+    # Not plainly valid (a blank event name): the engine refuses it, as any other.
+    try:
+        ws.send_many([("track", {"event": " ", "userId": "u1", "messageId": "bad-1"},
+                       "surveys")], own=True)
+    except bowknot.ValidationError as exc:
+        assert "missing_event" in str(exc.details) or "event" in exc.message
+    else:
+        raise AssertionError("a blank event name was accepted")
+    assert count(ws, "events WHERE message_id = 'bad-1'") == 0
+    assert seen == [True, True, False]

@@ -21,6 +21,7 @@ The work is vectorised in DuckDB: there is no Python loop per event.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 CALLS = ("track", "identify", "page", "screen", "group", "alias")
@@ -314,6 +315,56 @@ SELECT $load_id, c.source, c.origin, c.call, c.received_at, c.file, c.pos, c.mes
        ['message_id_conflict'], rtrim(i.raw, chr(13) || chr(10))
 FROM classified c JOIN raws i USING (req, pos) WHERE c.outcome = 'conflict'
 """
+
+
+# --- the library's own events, already typed ------------------------------------------------
+# Events the library builds itself (a survey answer, a case opened) are known to be valid:
+# they skip steps 1-2 (the parse and validation statement, about 5-7 ms of CPU per group
+# commit however few events it holds) and go to step 3 as staged rows, deduplicated and
+# committed like any other. Only events plainly within the contract take this way; anything
+# else is sent as text and validated as strictly as every other event.
+_TYPED_FIELDS = frozenset({"event", "userId", "anonymousId", "messageId", "properties",
+                           "context", "timestamp"})
+
+
+def _plain_id(value: Any) -> bool:
+    """A non-empty string id that normalize would keep as it is (no blank ends, not JSON)."""
+    return (isinstance(value, str) and value != "" and value[0] > " " and value[-1] > " "
+            and value[0] not in "{[")
+
+
+def typed_track(payload: dict[str, Any], raw: str, source: str, at: datetime,
+                max_message_id: int, max_event_bytes: int) -> dict[str, Any] | None:
+    """The staged row (without req, received_at and key) of library track call ``payload``,
+    whose JSON text is ``raw`` and whose timestamp is ``at`` (UTC); None when the event is
+    not plainly valid, and must be validated by the engine instead."""
+    if not (payload.keys() <= _TYPED_FIELDS and _plain_id(payload.get("event"))
+            and _plain_id(payload.get("messageId"))
+            and len(payload["messageId"]) <= max_message_id
+            and len(raw.encode()) <= max_event_bytes):
+        return None
+    user, anon = payload.get("userId"), payload.get("anonymousId")
+    if not (_plain_id(user) or (user is None and _plain_id(anon))) or (
+            anon is not None and not _plain_id(anon)):
+        return None
+    nested = {}
+    for name in ("properties", "context"):
+        value = payload.get(name)
+        if value is not None and not isinstance(value, dict):
+            return None
+        nested[name] = None if value is None else _json_text(value)
+    return {"pos": 0, "source": source, "origin": "library", "call": "track", "trusted": True,
+            "file": None, "raw": raw, "reasons": [], "message_id": payload["messageId"],
+            "type": "track", "event": payload["event"], "name": None, "anonymous_id": anon,
+            "user_id": user, "group_id": None, "previous_id": None, "timestamp": at,
+            "original_timestamp": at, "sent_at": None, **nested, "traits": None,
+            "integrations": None}
+
+
+def _json_text(value: dict[str, Any]) -> str:
+    import orjson  # the engine's JSON text of a parsed object is compact, as orjson writes
+
+    return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z).decode()
 
 
 @dataclass

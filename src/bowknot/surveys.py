@@ -430,7 +430,7 @@ class Surveys:
             if case is not None:
                 calls.append(self.ws.cases.opened_call(inv, case))
                 rows.append(self.ws.cases.rows([case]))
-            self.ws.send_many(calls, rows=rows)
+            self.ws.send_many(calls, rows=rows, own=True)
             self._recorded(invitation_id, **answered)
         return {"state": "recorded", "case_id": case["case_id"] if case else None,
                 "invitation": {**inv, "score": score, "commented": why is not None}}
@@ -463,7 +463,7 @@ class Surveys:
                     "survey_id": inv["survey_id"], "why": why,
                     "invitation_id": invitation_id, "score": inv["score"]})],
                 rows=[Rows("survey_comments", _COMMENTED_SQL, _COMMENTED, [
-                    {"invitation_id": invitation_id, "commented_at": now}])])
+                    {"invitation_id": invitation_id, "commented_at": now}])], own=True)
             self._recorded(invitation_id, commented_at=now)
         return {"state": "recorded", "invitation": inv}
 

@@ -21,7 +21,7 @@ from . import cases, identity, journal, privacy, profiles, survey_triggers, surv
 from .access import Access
 from .errors import BowknotError, QueryError, ValidationError
 from .failures import Failures
-from .ingest import CALLS, REASONS, Outcome
+from .ingest import CALLS, REASONS, Outcome, typed_track
 from .persons import Persons
 from .settings import Settings
 from .store import Store, Writer
@@ -99,11 +99,16 @@ class Workspace:
         return self.send_many([(call, payload, source)])[0]
 
     def send_many(self, calls: Sequence[tuple[str, Mapping[str, Any], str]], *,
-                  rows: Sequence[Rows] = ()) -> list[str]:
+                  rows: Sequence[Rows] = (), own: bool = False) -> list[str]:
         """Record spec calls, each ``(call, payload, source)``, and ``rows`` of other tables
         in one transaction (one group commit with concurrent writers); return the
-        messageIds. All of it is durable when this returns; raises as :meth:`send`."""
+        messageIds. All of it is durable when this returns; raises as :meth:`send`.
+
+        ``own``: the calls are bowknot's own (a survey answer, a case opened): those plainly
+        valid go to the commit as typed rows, without the engine's parse and validation
+        (``ingest.typed_track``); deduplicated and durable all the same."""
         requests, ids = [], []
+        s = self.settings
         for call, payload, source in calls:
             if call not in CALLS:
                 raise BowknotError(
@@ -112,8 +117,15 @@ class Workspace:
                 )
             body = dict(payload)
             body.setdefault("messageId", f"lib-{uuid.uuid4()}")
-            body.setdefault("timestamp", datetime.now(UTC).isoformat())
-            requests.append(Request(source, call, _dumps(body), origin="library", trusted=True))
+            at = datetime.now(UTC)
+            body.setdefault("timestamp", at.isoformat())
+            raw = _dumps(body)
+            typed = None
+            if own and call == "track" and body["timestamp"] == at.isoformat():
+                typed = typed_track(body, raw, source, at.replace(tzinfo=None),
+                                    s.max_message_id_chars, s.max_event_bytes)
+            requests.append(Request(source, call, raw, origin="library", trusted=True,
+                                    typed=typed))
             ids.append(str(body["messageId"]))
         for out in self.writer.write(Submission(requests, list(rows))):
             raise_for(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,9 @@ from ..errors import BowknotError, Overloaded
 from ..workspace import Workspace
 from . import admin, ingest, journeys, pages, persons, surveys
 from .auth import is_admin, require_admin
+from .survey_pages import Receive, Scope, Send, SurveyPages
+
+log = logging.getLogger("bowknot.server")
 
 
 def error_response(status: int, code: str, message: str, **extra: object) -> JSONResponse:
@@ -24,9 +28,48 @@ def error_response(status: int, code: str, message: str, **extra: object) -> JSO
                         status_code=status)
 
 
+def bowknot_error_response(path: str, exc: BowknotError) -> JSONResponse:
+    resp = error_response(exc.status, exc.code, exc.message, **exc.details)
+    if isinstance(exc, Overloaded):
+        resp.headers["Retry-After"] = str(exc.retry_after)
+    if exc.status == 401:
+        resp.headers["WWW-Authenticate"] = "Basic" if path.startswith(
+            tuple(f"/v1/{c}" for c in ("track", "identify", "page", "screen", "group",
+                                       "alias", "batch"))) else "Bearer"
+    return resp
+
+
+def unexpected_response(exc: Exception) -> JSONResponse:
+    # Nothing was acknowledged; the client may retry. The traceback is in the log.
+    return error_response(500, "internal_error",
+                          f"The server failed ({type(exc).__name__}: {exc}); nothing from "
+                          "this request was acknowledged, so it is safe to retry.")
+
+
+class App(FastAPI):
+    """FastAPI, with the public survey pages answered before its middleware and router
+    (see survey_pages.py: they are the busiest requests)."""
+
+    pages: SurveyPages
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.pages.handles(scope):
+            try:
+                await self.pages(scope, receive, send, super().__call__)
+            except BowknotError as exc:
+                await bowknot_error_response(scope["path"], exc)(scope, receive, send)
+            except Exception as exc:
+                log.exception("survey page failed")
+                await unexpected_response(exc)(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(ws: Workspace, background_build: bool = False) -> FastAPI:
     """The app over ``ws``; ``background_build`` keeps persons and profiles up to date
     (every ``build_interval_seconds``) while it runs, as `bowknot serve` does."""
+
+    survey_pages = SurveyPages(ws)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -36,8 +79,9 @@ def create_app(ws: Workspace, background_build: bool = False) -> FastAPI:
             yield
         finally:
             ws.builder.stop()
+            survey_pages.close()
 
-    app = FastAPI(
+    app = App(
         lifespan=lifespan,
         # The API reference is served to admins only (below), like every page but collection.
         docs_url=None,
@@ -50,17 +94,11 @@ def create_app(ws: Workspace, background_build: bool = False) -> FastAPI:
         "other endpoint takes an admin token as `Authorization: Bearer <token>`.",
     )
     app.state.ws = ws
+    app.pages = survey_pages
 
     @app.exception_handler(BowknotError)
     async def bowknot_error(request: Request, exc: BowknotError) -> JSONResponse:
-        resp = error_response(exc.status, exc.code, exc.message, **exc.details)
-        if isinstance(exc, Overloaded):
-            resp.headers["Retry-After"] = str(exc.retry_after)
-        if exc.status == 401:
-            resp.headers["WWW-Authenticate"] = "Basic" if request.url.path.startswith(
-                tuple(f"/v1/{c}" for c in ("track", "identify", "page", "screen", "group",
-                                           "alias", "batch"))) else "Bearer"
-        return resp
+        return bowknot_error_response(request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -75,10 +113,7 @@ def create_app(ws: Workspace, background_build: bool = False) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Nothing was acknowledged; the client may retry. The traceback is in the log.
-        return error_response(500, "internal_error",
-                              f"The server failed ({type(exc).__name__}: {exc}); nothing from "
-                              "this request was acknowledged, so it is safe to retry.")
+        return unexpected_response(exc)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, bool]:
@@ -98,7 +133,6 @@ def create_app(ws: Workspace, background_build: bool = False) -> FastAPI:
 
     # Routes are matched in order: the busiest public ones (collection, survey pages) first.
     app.include_router(ingest.router)
-    app.include_router(surveys.public)
     app.include_router(admin.router)
     app.include_router(persons.router)
     app.include_router(surveys.router)

@@ -1,130 +1,26 @@
-"""Survey pages (public, no JavaScript, no admin token: the signed link is the credential)
-and the surveys admin API."""
+"""The surveys admin API (the public survey pages are in survey_pages.py)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from .. import mailer, survey_text, webhooks
+from .. import mailer, webhooks
 from ..errors import BowknotError, ValidationError
 from ..workspace import Workspace
 from .auth import require_admin
-from .pages import templates
 
-public = APIRouter(include_in_schema=False)
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)], tags=["surveys"])
-
-# Pages for people, not for caches or search engines.
-HEADERS = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex",
-           "Referrer-Policy": "no-referrer",
-           "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                                      "form-action 'self'; frame-ancestors 'none'"}
 
 
 def _ws(request: Request) -> Workspace:
     ws: Workspace = request.app.state.ws
     return ws
-
-
-def _page(request: Request, token: str, state: str, inv: dict[str, Any] | None,
-          status: int = 200, **extra: Any) -> Response:
-    ws = _ws(request)
-    lang = request.query_params.get("lang")
-    survey: dict[str, Any] = {"kind": "nps", "language": "en", "translations": {},
-                              "company": None, "scale_min": 0, "scale_max": 10, "reasons": []}
-    if inv is not None:
-        survey = ws.surveys.get(inv["survey_id"])
-        available = sorted({*survey_text.LANGUAGES, *survey["translations"]})
-        lang = survey_text.pick_language(lang or inv["language"], available, inv["language"])
-    else:
-        lang = survey_text.pick_language(
-            lang or request.headers.get("accept-language"), list(survey_text.LANGUAGES), "en")
-    t = ws.surveys.texts(survey, lang)
-    ctx = {"t": t, "lang": lang, "dir": survey_text.direction(lang), "state": state,
-           "token": token, "csrf": ws.surveys.csrf(token), "low": survey["scale_min"],
-           "high": survey["scale_max"], "reasons": survey["reasons"] or [], "chosen": None,
-           "error": None, "ask_why": False, **extra}
-    return templates.TemplateResponse(request, "survey.html", ctx, status_code=status,
-                                      headers=HEADERS)
-
-
-_STATES = {"invalid": ("invalid", 404), "expired": ("expired", 410), "answered": ("used", 200)}
-
-
-@public.get("/s/{token}", response_class=HTMLResponse)
-async def survey_page(request: Request, token: str, score: str | None = None) -> Response:
-    """Show the question; a score from the e-mail is pre-selected. Records nothing."""
-    ws = _ws(request)
-    state, inv = await run_in_threadpool(ws.surveys.invitation, token)
-    if state in _STATES:
-        name, status = _STATES[state]
-        return _page(request, token, name, inv, status)
-    chosen = int(score) if score is not None and score.strip().isdigit() else None
-    return _page(request, token, "form", inv, chosen=chosen)
-
-
-async def _form(request: Request) -> dict[str, list[str]]:
-    """The posted fields. The page's forms are URL-encoded, parsed here directly: the generic
-    form parameters cost about a tenth of the event loop's time per answer (py-spy)."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "application/x-www-form-urlencoded":
-        try:
-            return parse_qs((await request.body()).decode("utf-8", "replace"),
-                            keep_blank_values=True, max_num_fields=100)
-        except ValueError:  # more fields than any page has: not the page's form
-            return {}
-    form = await request.form()
-    return {key: [v for v in form.getlist(key) if isinstance(v, str)] for key in form}
-
-
-@public.post("/s/{token}", response_class=HTMLResponse)
-async def survey_answer(request: Request, token: str) -> Response:
-    fields = await _form(request)
-    csrf, score, why = (fields.get(name, [""])[0] for name in ("csrf", "score", "why"))
-    reasons = fields.get("reasons")
-    ws = _ws(request)
-    if not score.strip().isdigit():
-        state, inv = await run_in_threadpool(ws.surveys.invitation, token)
-        if state in ("invalid", "expired"):
-            name, status = _STATES[state]
-            return _page(request, token, name, inv, status)
-        t = ws.surveys.texts(ws.surveys.get(inv["survey_id"]), inv["language"]) if inv else {}
-        return _page(request, token, "form", inv, 400, error=t.get("choose"))
-    try:  # one call: the link's state is read once, and the answer is one write
-        out = await run_in_threadpool(ws.surveys.answer, token, int(score), why, reasons, csrf)
-    except ValidationError as exc:
-        state, inv = await run_in_threadpool(ws.surveys.invitation, token)
-        return _page(request, token, "form", inv, 400, error=exc.message,
-                     chosen=int(score))
-    inv = out["invitation"]
-    if out["state"] in ("invalid", "expired"):
-        name, status = _STATES[out["state"]]
-        return _page(request, token, name, inv, status)
-    if out["state"] == "answered":
-        return _page(request, token, "used", inv)
-    return _page(request, token, "thanks", inv, ask_why=not out["invitation"]["commented"])
-
-
-@public.post("/s/{token}/why", response_class=HTMLResponse)
-async def survey_why(request: Request, token: str) -> Response:
-    fields = await _form(request)
-    csrf, why = (fields.get(name, [""])[0] for name in ("csrf", "why"))
-    ws = _ws(request)
-    try:
-        out = await run_in_threadpool(ws.surveys.comment, token, why, csrf)
-    except ValidationError:
-        return _page(request, token, "invalid", None, 400)
-    if out["state"] in ("invalid", "expired"):
-        name, status = _STATES[out["state"]]
-        return _page(request, token, name, out["invitation"], status)
-    return _page(request, token, "thanks_final", out["invitation"])
 
 
 # -- admin API -------------------------------------------------------------------------------
@@ -316,4 +212,4 @@ async def verbatims(request: Request, survey_id: str, limit: int = 20,
         survey_id, limit=limit, journey=journey)))
 
 
-__all__ = ["BowknotError", "public", "router"]
+__all__ = ["BowknotError", "router"]

@@ -63,6 +63,21 @@ ITEM_SCHEMA = pa.schema(
 )
 
 
+# Rows out of the parse and validation statement (ingest.PREPARE_REQUESTS_SQL).
+STAGED_SCHEMA = pa.schema(
+    [("req", pa.int64()), ("pos", pa.int64()), ("source", pa.string()),
+     ("origin", pa.string()), ("call", pa.string()), ("trusted", pa.bool_()),
+     ("file", pa.string()), ("raw", pa.string()), ("reasons", pa.list_(pa.field("l", pa.string()))),
+     *((name, pa.string()) for name in ("message_id", "type", "event", "name", "anonymous_id",
+                                         "user_id", "group_id", "previous_id")),
+     *((name, pa.timestamp("us")) for name in ("timestamp", "original_timestamp", "sent_at",
+                                                "received_at")),
+     *((name, pa.string()) for name in ("properties", "traits", "context", "integrations")),
+     ("key", pa.uint64())]
+)
+_KEY_SQL = "SELECT hash(source, message_id) AS key FROM typed_keys"
+
+
 @dataclass
 class Request:
     """One request body as received: a single call (``call`` names it) or a ``batch``."""
@@ -73,6 +88,9 @@ class Request:
     origin: str = "http"
     trusted: bool = False
     file: str | None = None
+    # A library event known to be valid, as its staged row (``ingest.typed_track``): it
+    # skips the parse and validation statement (see Writer._typed).
+    typed: dict[str, Any] | None = None
 
 
 @dataclass
@@ -296,11 +314,16 @@ class Writer:
         req_rows: dict[str, list[Any]] = {n: [] for n in REQUEST_SCHEMA.names}
         spans: list[tuple[int, int]] = []
         req = 0
+        typed: list[dict[str, Any]] = []
         for sub in group:
             start = req
             if sub.items is not None:
                 req += 1  # an import chunk is one "request"
             for r in sub.requests:
+                if r.typed is not None:
+                    typed.append({**r.typed, "req": req, "received_at": now})
+                    req += 1
+                    continue
                 for name, value in (
                     ("req", req),
                     ("source", r.source),
@@ -356,6 +379,8 @@ class Writer:
             tables["staged"] = tables["raws"] = con.sql(sql).to_arrow_table(_BATCH_ROWS)
             for name in ("requests", "items_in"):
                 con.unregister(name)
+        elif typed and not requests.num_rows:  # only the library's own events: no parse
+            tables["staged"] = tables["raws"] = self._typed(con, typed)
         else:
             # Live requests: the statement is prepared once per connection and reads the
             # requests through a holder, so a group pays for executing it, not for planning
@@ -370,6 +395,8 @@ class Writer:
                                      {"requests": requests})
             except duckdb.Error:  # an event that is not JSON: parse again, explaining it
                 staged = stmts.query(ingest.substitute(sql, values), {"requests": requests})
+            if typed:
+                staged = pa.concat_tables([staged, self._typed(con, typed).cast(staged.schema)])
             tables["staged"] = tables["raws"] = staged
             self._statements(con).clear()
         origin = group[0].requests[0].origin if group[0].requests else "import"
@@ -377,6 +404,16 @@ class Writer:
         if items_in:
             file = items_in[0].column("file")[0].as_py() if len(items_in[0]) else None
         return _Prepared(group, spans, now, values, tables, origin, file)
+
+    def _typed(self, con: Any, rows: list[dict[str, Any]]) -> pa.Table:
+        """Staged rows of the library's typed events, with their deduplication keys: the
+        engine's ``hash(source, message_id)``, as for every event, in one small prepared
+        statement (no JSON is parsed)."""
+        table = pa.Table.from_pylist(rows, schema=STAGED_SCHEMA.remove(
+            STAGED_SCHEMA.get_field_index("key")))
+        keys = self._statements(con).query(_KEY_SQL, {"typed_keys": table.select(
+            ["source", "message_id"])}).column("key")
+        return table.append_column(STAGED_SCHEMA.field("key"), keys)
 
     def _statements(self, con: Any) -> _Statements:
         stmts: _Statements | None = self._prepared_by_con.get(id(con))
