@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import bowknot
+from bowknot import journal
 from bowknot.cli import main
 from bowknot.errors import BowknotError, ValidationError
 from bowknot.journeys import Journeys, SparkEngine
@@ -326,6 +327,7 @@ def test_touchpoints_break_ties_in_time_by_seq(analyse: Analyse, ws: bowknot.Wor
               ("u2", "Campaign Sent", 0, {"channel": "push", "campaign_id": "summer"}),
               ("u2", "Campaign Sent", 3, {"channel": "sms", "campaign_id": "summer"}),
               ("u2", "survey_answered", 3, {"score": 3})])
+    journal.refresh(ws)  # read directly below, before any analysis brought it up to date
     latest = ws.sql("""SELECT arg_max(channel, seq) AS channel FROM journey_events
                        WHERE event = 'Campaign Sent' AND person_id = (SELECT person_id
                          FROM journey_events WHERE event = 'survey_answered' AND ts = (

@@ -22,7 +22,7 @@ from typing import Any
 
 import duckdb
 
-from . import identity, journal, profiles
+from . import identity, profiles
 from .store.engine import run
 
 log = logging.getLogger("bowknot.build")
@@ -213,7 +213,6 @@ class Builder:
             profiles.update_stats(con, settings, full)
             result.persons_updated = profiles.update_persons(con, settings, full)
             profiles.create_view(con, settings)
-            journal.update(con, full)
             _set_meta(con, "build_load_id", str(high))
             _set_meta(con, "node_hash", probe)
             _set_meta(con, "build_config", config)

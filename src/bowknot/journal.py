@@ -1,25 +1,29 @@
-"""The journal: every person event as a narrow, typed table clustered by (person, time), kept
-by the build for journey analytics (issue 5).
+"""The journal: every person event as a narrow, typed table clustered by (person, time), for
+journey analytics (issue 5).
 
 Analyses used to read the ``person_events`` view, which joins every event to the identity map
 and casts its JSON on each query; at 20 M events that cost more than the analysis itself
-(benchmarks/journeys.py). The build now writes the same rows once, with the step label and
-the touch fields (``channel``, ``campaign``, ``utm_campaign``) already extracted:
+(benchmarks/journeys.py). The journal holds the same rows once, with the step label and the
+touch fields (``channel``, ``campaign``, ``utm_campaign``) already extracted, sorted by
+(person_id, ts, seq) so window functions over a person's events find them nearly in order.
 
-* a full build rewrites the table sorted by (person_id, ts, seq), so window functions over a
-  person's events find them nearly in order;
-* an incremental build rewrites the rows of the persons it touched (``b_pset``) and drops
-  those of persons that no longer exist (merged into another).
-
-The Spark engine's snapshot is a Parquet copy of this table, so both engines read the same
-rows. Privacy deletes remove a person's rows with their events (privacy.py).
+It is brought up to date on demand, by the first analysis after a build (:func:`refresh`),
+not by the build itself: written by every build it doubled the full build (a copy and sort of
+every event) and tripled the incremental one (which has to read every event of each touched
+person), slowing the pipeline and the collection API that shares the machine with it
+(benchmarks/identity.py). The Spark engine's snapshot is a Parquet copy of this table, so both
+engines read the same rows. Privacy deletes remove a person's rows with their events
+(privacy.py).
 """
 
 from __future__ import annotations
 
-import duckdb
+from typing import TYPE_CHECKING
 
 from .store.engine import run
+
+if TYPE_CHECKING:
+    from .workspace import Workspace
 
 DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS journey_events (
@@ -43,19 +47,20 @@ COLUMNS = """person_id, timestamp AS ts, CAST(key // 2 AS BIGINT) AS seq, type,
     json_extract_string(context, '$.campaign.name') AS utm_campaign"""
 
 
-def update(con: duckdb.DuckDBPyConnection, full: bool) -> None:
-    """Bring the journal up to date with persons (inside the build's transaction, after
-    :func:`bowknot.profiles.update_persons`)."""
-    if full:
+def refresh(ws: Workspace) -> bool:
+    """Rewrite the journal if a build ran since it was written; True when it did.
+
+    Runs under the builder's lock, so it never sees a build half done.
+    """
+    with ws.builder.transaction() as con:
+        last = str(run(con, "SELECT coalesce(max(build_id), 0) FROM builds")[0][0])
+        found = run(con, "SELECT value FROM meta WHERE key = 'journal_build_id'")
+        if found and found[0][0] == last:
+            return False
         run(con, "DELETE FROM journey_events")
         run(con, f"""INSERT INTO journey_events
             SELECT {COLUMNS} FROM person_events WHERE person_id IS NOT NULL
             ORDER BY person_id, ts, seq""")
-        return
-    run(con, """DELETE FROM journey_events
-        WHERE person_id IN (SELECT person_id FROM b_pset)
-           OR person_id NOT IN (SELECT person_id FROM persons)""")
-    run(con, f"""INSERT INTO journey_events
-        SELECT {COLUMNS} FROM person_events
-        WHERE person_id IN (SELECT person_id FROM b_pset)
-        ORDER BY person_id, ts, seq""")
+        run(con, "DELETE FROM meta WHERE key = 'journal_build_id'")
+        run(con, "INSERT INTO meta VALUES ('journal_build_id', ?)", [last])
+        return True

@@ -2,8 +2,9 @@
 
 Every analysis is one Ibis expression over :meth:`Engine.events` (and :meth:`Engine.traits`);
 an engine only says where those tables live and how to read a JSON field, so the analyses are
-written once (issue 5). The DuckDB engine reads the workspace's ``journey_events`` table (person
-events as of the last build, kept by the build: :mod:`bowknot.journal`) in place; the Spark
+written once (issue 5). The DuckDB engine reads the workspace's ``journey_events`` table
+(person events as of the last build, rewritten by the first analysis after a build:
+:mod:`bowknot.journal`) in place; the Spark
 engine reads a Parquet snapshot of the same table, written by DuckDB when the engine is made
 (``refresh()`` takes a new one).
 """
@@ -21,6 +22,7 @@ import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 import pyarrow as pa
 
+from .. import journal
 from ..errors import BowknotError
 
 if TYPE_CHECKING:
@@ -59,8 +61,9 @@ def _spark_json_text(doc: str, path: str) -> str:  # type: ignore[empty-body]
 
 
 def normalised_events(ws: Workspace) -> ir.Table:
-    """The analysis columns of every person event (the build's ``journey_events`` table, see
+    """The analysis columns of every person event (the ``journey_events`` table, see
     :mod:`bowknot.journal`), on the workspace's DuckDB (Ibis)."""
+    journal.refresh(ws)
     return ws.table("journey_events")
 
 
