@@ -209,7 +209,7 @@ class Builder:
             result.identifiers_resolved = resolved["identifiers_resolved"]
             result.graph_rounds = resolved["graph_rounds"]
             result.label_rounds = resolved["label_rounds"]
-            profiles.update_stats(con, settings, full)
+            profiles.update_stats(con, settings, full, window)
             result.persons_updated = profiles.update_persons(con, settings, full)
             profiles.create_view(con, settings)
             _set_meta(con, "build_load_id", str(high))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import duckdb
 
 from .errors import ValidationError
-from .identity import split_list
+from .identity import hinted, key_of, split_list, ts_of
 from .settings import Settings
 from .store.engine import run
 
@@ -98,15 +98,14 @@ EVENT_AGGREGATES = """count(*) AS events, count_if(type = 'page') AS pages,
     count_if(type = 'identify') AS identifies, count_if(booking) AS bookings,
     sum(revenue) AS revenue, min(ts) FILTER (WHERE booking) AS first_booking_at,
     max(ts) FILTER (WHERE booking) AS last_booking_at, min(ts) AS first_event_at,
-    max(ts) AS last_event_at, arg_max(touch, o) FILTER (WHERE touch IS NOT NULL) AS last_touch,
-    max(o) FILTER (WHERE touch IS NOT NULL) AS last_touch_o, min(o) AS first,
+    max(ts) AS last_event_at, max(o) FILTER (WHERE touch) AS last_touch_o, min(o) AS first,
     max(ts) AS last_ts, list({'o': o, 'tr': tr}) FILTER (WHERE tr IS NOT NULL) AS trs"""
-COMBINE = """sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens,
+COMBINE_EVENTS = """sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens,
     sum(tracks) AS tracks, sum(identifies) AS identifies, sum(bookings) AS bookings,
     sum(revenue) AS revenue, min(first_booking_at) AS first_booking_at,
     max(last_booking_at) AS last_booking_at, min(first_event_at) AS first_event_at,
-    max(last_event_at) AS last_event_at, arg_max(last_touch, last_touch_o) AS last_touch,
-    max(last_touch_o) AS last_touch_o"""
+    max(last_event_at) AS last_event_at, max(last_touch_o) AS last_touch_o"""
+COMBINE = COMBINE_EVENTS + ", arg_max(last_touch, last_touch_o) AS last_touch"
 
 
 TRAIT_COMBINE = """max(o) AS o, arg_max(v, o) AS v, sum(total) AS total,
@@ -131,22 +130,41 @@ def event_columns(settings: Settings) -> str:
     return f"""type, coalesce(event = '{booking}', false) AS booking,
       CASE WHEN event = '{booking}'
            THEN TRY_CAST(properties->>'{revenue}' AS DECIMAL(38, 4)) END AS revenue,
-      CASE WHEN list_contains({_in_list(settings.touch_events)}, event)
+      coalesce(list_contains({_in_list(settings.touch_events)}, event), false)
+        OR (_ctx->'campaign') IS NOT NULL AS touch, {TRAITS_COLUMN} AS tr"""
+
+
+def touch_struct(settings: Settings) -> str:
+    """SQL over a hinted event: its touch (a touch event's, or a campaign in its context).
+
+    Only computed for the few events that are some identifier's latest touch: the
+    aggregates keep the touch's order key (``last_touch_o``) and :func:`update_stats`
+    looks the winners up."""
+    return f"""CASE WHEN list_contains({_in_list(settings.touch_events)}, event)
              THEN {{'ts': timestamp, 'key': key, 'channel': properties->>'channel',
                    'campaign': properties->>'campaign_id', 'event': event}}
-           WHEN (_ctx->'campaign') IS NOT NULL
-             THEN {{'ts': timestamp, 'key': key, 'channel': _ctx->'campaign'->>'source',
-                   'campaign': _ctx->'campaign'->>'name', 'event': coalesce(event, type)}}
-      END AS touch, {TRAITS_COLUMN} AS tr"""
+           ELSE {{'ts': timestamp, 'key': key, 'channel': _ctx->'campaign'->>'source',
+                  'campaign': _ctx->'campaign'->>'name', 'event': coalesce(event, type)}}
+      END"""
 
 
-def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool) -> None:
-    """Fold the new events (``b_tup``) into the per-identifier partials.
+def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
+                 window: str) -> None:
+    """Fold the new events (``b_tup``, from the events matching ``window``) into the
+    per-identifier partials.
 
     Leaves ``b_stat_nodes(node)``: identifiers whose aggregates changed.
     """
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_stats0 AS
+        SELECT hash(ids[1].t, ids[1].v) AS node, {COMBINE_EVENTS} FROM b_tup GROUP BY 1""")
+    # The latest touch of each identifier: only the winners' details are read.
+    winners = f"SELECT {key_of('last_touch_o')} FROM b_stats0 WHERE last_touch_o IS NOT NULL"
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_stats AS
-        SELECT hash(ids[1].t, ids[1].v) AS node, {COMBINE} FROM b_tup GROUP BY 1""")
+        SELECT s.*, t.touch AS last_touch
+        FROM b_stats0 s LEFT JOIN (
+          SELECT key, timestamp, {touch_struct(settings)} AS touch
+          FROM {hinted(f"(SELECT * FROM events WHERE {window} AND key IN ({winners}))")}) t
+          ON t.key = {key_of('s.last_touch_o')} AND t.timestamp = {ts_of('s.last_touch_o')}""")
     if full:
         run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_stats")
     else:
