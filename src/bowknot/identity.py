@@ -147,8 +147,8 @@ def ids_from_raw(settings: Settings) -> str:
 
     Priority: user_id, anonymous_id, email, id traits, external ids, previousId (an alias's
     anonymous id). The first is the event's primary identifier. Scalar fields are checked as
-    columns (vectorised); only external ids, a list, go through a lambda, and only when
-    present.
+    columns (vectorised); external ids, a list, are parsed only when present; one filter
+    drops the invalid candidates.
     """
     blocked = _quoted([v.lower() for v in split_list(settings.identity_blocked_values)])
     pattern = settings.identity_blocked_pattern.replace("'", "''")
@@ -158,17 +158,19 @@ def ids_from_raw(settings: Settings) -> str:
         return (f"({v} IS NOT NULL AND NOT list_contains({blocked}, lower(trim({v}, ' \"''')))"
                 f" AND NOT regexp_full_match({v}, '{pattern}'))")
 
-    def one(t: str, column: str) -> str:
-        return f"CASE WHEN {valid(column)} THEN [{{'t': '{t}', 'v': {column}}}] ELSE [] END"
+    def one(t: str, column: str) -> str:  # v is NULL when invalid
+        return f"{{'t': '{t}', 'v': CASE WHEN {valid(column)} THEN {column} END}}"
 
-    parts = [one("user_id", "r_user"), one("anonymous_id", "r_anon"), one("email", "r_email")]
-    parts += [one(t, f'"r_{t}"') for t in split_list(settings.identity_id_traits)]
-    parts.append(f"""CASE WHEN r_ext IS NULL THEN [] ELSE coalesce(list_filter(list_transform(
+    scalars = [one("user_id", "r_user"), one("anonymous_id", "r_anon"), one("email", "r_email")]
+    scalars += [one(t, f'"r_{t}"') for t in split_list(settings.identity_id_traits)]
+    # One list of candidates filtered once (cheaper than concatenating one list per field).
+    external = f"""CASE WHEN r_ext IS NULL THEN [] ELSE coalesce(list_transform(
            try(from_json(r_ext, '[{{"id": "VARCHAR", "type": "VARCHAR"}}]')),
-           lambda x: {{'t': lower(trim(x.type)), 'v': trim(x.id)}}),
-           lambda x: x.t IS NOT NULL AND x.t <> '' AND {valid('x.v')}), []) END""")
-    parts.append(one("anonymous_id", "r_prev"))
-    return "(" + "\n      || ".join(parts) + ")"
+           lambda x: {{'t': lower(trim(x.type)),
+                       'v': CASE WHEN lower(trim(x.type)) <> '' AND {valid('trim(x.id)')}
+                                 THEN trim(x.id) END}}), []) END"""
+    return f"""list_filter(list_concat([{', '.join(scalars)}], {external},
+                                  [{one("anonymous_id", "r_prev")}]), lambda x: x.v IS NOT NULL)"""
 
 
 def with_ids(settings: Settings, relation: str) -> str:

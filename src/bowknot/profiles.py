@@ -109,7 +109,7 @@ COMBINE = COMBINE_EVENTS + ", arg_max(last_touch, last_touch_o) AS last_touch"
 
 
 TRAIT_COMBINE = """max(o) AS o, arg_max(v, o) AS v, sum(total) AS total,
-    list_sort(list_distinct(flatten(list(vals)))) AS vals"""
+    list_sort(list_distinct(flatten(list(vals) FILTER (WHERE vals IS NOT NULL)))) AS vals"""
 
 
 def strategy_case(settings: Settings, trait: str) -> str:
