@@ -362,21 +362,16 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
         SELECT * FROM b_dedges SEMI JOIN b_multi ON x = b_multi.node""")
     label_rounds = _label(con)
     # group: the anchor for multi-anchor clusters, else the cluster; root: the first seen node.
-    run(con, """CREATE OR REPLACE TEMP TABLE b_group AS
-        SELECT n.*, coalesce(l.best.anchor, n.comp) AS grp,
-               coalesce(l.best.r, (-170141183460469231731687303715884105727)::HUGEINT) AS reach
-        FROM b_nodes n LEFT JOIN b_lab l USING (node)""")
     limit_cases = " ".join(f"WHEN '{t}' THEN {n}" for t, n in per_type.items())
     limit_sql = f"CASE id_type {limit_cases} ELSE {default_limit or 2**31} END"
-    run(con, f"""CREATE OR REPLACE TEMP TABLE b_ranked AS
-        SELECT *, row_number() OVER (PARTITION BY grp, id_type ORDER BY first_seen, node)
-                  > {limit_sql} AS over_limit
-        FROM b_group""")
-    run(con, """CREATE OR REPLACE TEMP TABLE b_final AS
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_final AS
         SELECT node, id_type, id_value, comp AS cluster, first_seen, last_seen,
                CASE WHEN over_limit THEN node ELSE grp END AS grp,
                CASE WHEN over_limit THEN 'over_limit' ELSE 'linked' END AS status
-        FROM b_ranked""")
+        FROM (SELECT *, row_number() OVER (PARTITION BY grp, id_type ORDER BY first_seen, node)
+                        > {limit_sql} AS over_limit
+              FROM (SELECT n.*, coalesce(l.best.anchor, n.comp) AS grp
+                    FROM b_nodes n LEFT JOIN b_lab l USING (node)))""")
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_new AS
         WITH roots AS (
           SELECT grp, arg_min({{'t': id_type, 'v': id_value, 'n': node}},
