@@ -245,21 +245,14 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
         FROM (SELECT i.person_id, t.trait, {TRAIT_COMBINE},
                      {strategy_case(settings, 't.trait')} AS strategy
               FROM b_pnodes i JOIN trait_stats t USING (node) GROUP BY ALL)""")
+    # One pass: a person without partials (no attributed event) gets zeros and NULLs.
     run(con, """INSERT INTO profile_features
-        WITH f AS (
-          SELECT i.person_id, sum(s.events) AS events, sum(s.pages) AS pages,
-                 sum(s.screens) AS screens, sum(s.tracks) AS tracks,
-                 sum(s.identifies) AS identifies, sum(s.bookings) AS bookings,
-                 sum(s.revenue) AS revenue, min(s.first_booking_at) AS first_booking_at,
-                 max(s.last_booking_at) AS last_booking_at,
-                 max(s.last_event_at) AS last_event_at,
-                 arg_max(s.last_touch, s.last_touch_o) AS last_touch
-          FROM b_pnodes i JOIN node_stats s USING (node) GROUP BY i.person_id)
-        SELECT p.person_id, coalesce(f.events, 0), coalesce(f.pages, 0),
-               coalesce(f.screens, 0), coalesce(f.tracks, 0), coalesce(f.identifies, 0),
-               coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
-               f.last_booking_at, f.last_event_at, f.last_touch
-        FROM (SELECT DISTINCT person_id FROM b_pnodes) p LEFT JOIN f USING (person_id)""")
+        SELECT i.person_id, coalesce(sum(s.events), 0), coalesce(sum(s.pages), 0),
+               coalesce(sum(s.screens), 0), coalesce(sum(s.tracks), 0),
+               coalesce(sum(s.identifies), 0), coalesce(sum(s.bookings), 0),
+               coalesce(sum(s.revenue), 0), min(s.first_booking_at), max(s.last_booking_at),
+               max(s.last_event_at), arg_max(s.last_touch, s.last_touch_o)
+        FROM b_pnodes i LEFT JOIN node_stats s USING (node) GROUP BY i.person_id""")
     return int(run(con, "SELECT count(DISTINCT person_id) FROM b_pnodes")[0][0])
 
 
