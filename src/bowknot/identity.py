@@ -222,24 +222,24 @@ def update_graph(con: duckdb.DuckDBPyConnection, full: bool = False) -> None:
     of raw identifier fields in the new events, with ``ids``, ``first`` (the earliest
     (ts, key) of its events) and ``last_ts``.
 
-    Leaves ``b_touched(node)``: nodes that are new or gained a link, or are now seen earlier,
-    whose clusters must be resolved again.
+    Leaves (incremental builds) ``b_touched(node)``: nodes that are new or gained a link, or
+    are now seen earlier, whose clusters must be resolved again, and ``b_occ``, the new
+    events' identifiers.
     """
-    run(con, f"""CREATE OR REPLACE TEMP TABLE b_occ AS
-        SELECT x.t AS id_type, x.v AS id_value, {node_expr('x')} AS node,
+    occ = f"""SELECT x.t AS id_type, x.v AS id_value, {node_expr('x')} AS node,
                min(first) AS first_seen, max(last_ts) AS last_seen
-        FROM (SELECT first, last_ts, unnest(ids) AS x FROM b_tup) GROUP BY ALL""")
-    run(con, f"""CREATE OR REPLACE TEMP TABLE b_links AS
-        SELECT least(p, o) AS a, greatest(p, o) AS b, min(first) AS first
+        FROM (SELECT first, last_ts, unnest(ids) AS x FROM b_tup) GROUP BY ALL"""
+    links = f"""SELECT least(p, o) AS a, greatest(p, o) AS b, min(first) AS first
         FROM (SELECT first, {node_expr('ids[1]')} AS p, {node_expr('unnest(ids[2:])')} AS o
               FROM b_tup WHERE len(ids) > 1)
-        WHERE p <> o GROUP BY ALL""")
-    if full:  # the graph starts empty: every identifier and link is new
-        run(con, "INSERT INTO id_nodes SELECT node, id_type, id_value, first_seen, last_seen "
-                 "FROM b_occ")
-        run(con, "INSERT INTO id_edges SELECT * FROM b_links")
+        WHERE p <> o GROUP BY ALL"""
+    if full:  # the graph starts empty: every identifier and link is new, written directly
+        run(con, f"INSERT INTO id_nodes BY NAME {occ}")
+        run(con, f"INSERT INTO id_edges {links}")
         run(con, "DELETE FROM identity_dirty")
         return
+    run(con, f"CREATE OR REPLACE TEMP TABLE b_occ AS {occ}")
+    run(con, f"CREATE OR REPLACE TEMP TABLE b_links AS {links}")
     # New identifiers, new links, and identifiers now seen earlier than before (a late
     # event can change which identifier is a person's root, hence its id).
     run(con, """CREATE OR REPLACE TEMP TABLE b_touched AS
@@ -269,7 +269,6 @@ def _components(con: duckdb.DuckDBPyConnection) -> int:
     # Only linked identifiers take part; every other one is a cluster of its own.
     run(con, """CREATE OR REPLACE TEMP TABLE b_cc AS
         SELECT a AS node, a AS comp FROM b_edges UNION SELECT b, b FROM b_edges""")
-    total = run(con, "SELECT sum(comp::HUGEINT) FROM b_cc")[0][0]
     rounds = 0
     while True:
         rounds += 1
@@ -282,13 +281,14 @@ def _components(con: duckdb.DuckDBPyConnection) -> int:
               GROUP BY node)
             SELECT s.node, least(s.comp, j.comp) AS comp
             FROM step s JOIN step j ON j.node = s.comp""")
-        # Labels only ever decrease, so an unchanged sum means nothing changed.
-        new_total = run(con, "SELECT sum(comp::HUGEINT) FROM b_cc2")[0][0]
         run(con, "DROP TABLE b_cc")
         run(con, "ALTER TABLE b_cc2 RENAME TO b_cc")
-        if new_total == total:
+        # Done when every link joins equal labels: a label is always a node of the component
+        # and the smallest node keeps its own, so a uniform component carries its minimum.
+        if not run(con, """SELECT count(*) FROM (SELECT 1 FROM b_edges e
+                           JOIN b_cc x ON x.node = e.a JOIN b_cc y ON y.node = e.b
+                           WHERE x.comp <> y.comp LIMIT 1)""")[0][0]:
             break
-        total = new_total
     run(con, """INSERT INTO b_cc SELECT node, node FROM b_aff
                 ANTI JOIN b_cc USING (node)""")
     return rounds
@@ -332,8 +332,8 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     ``b_persons(person_id)``: every person whose identifiers changed (old and new ids).
     """
     if full:
-        run(con, """CREATE OR REPLACE TEMP TABLE b_aff AS
-            SELECT node FROM id_nodes UNION SELECT node FROM identities""")
+        # Every identifier (one no longer in the graph has no row in the new resolution).
+        run(con, "CREATE OR REPLACE TEMP VIEW b_aff AS SELECT node FROM id_nodes")
     else:
         run(con, """CREATE OR REPLACE TEMP TABLE b_aff AS
             SELECT node FROM identities WHERE cluster IN (

@@ -153,21 +153,22 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
     """Fold the new events (``b_tup``, from the events matching ``window``) into the
     per-identifier partials.
 
-    Leaves ``b_stat_nodes(node)``: identifiers whose aggregates changed.
+    Leaves (incremental builds) ``b_stat_nodes(node)``: identifiers whose aggregates
+    changed. A full build writes the partials directly (they start empty).
     """
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_stats0 AS
         SELECT hash(ids[1].t, ids[1].v) AS node, {COMBINE_EVENTS} FROM b_tup GROUP BY 1""")
     # The latest touch of each identifier: only the winners' details are read.
     winners = f"SELECT {key_of('last_touch_o')} FROM b_stats0 WHERE last_touch_o IS NOT NULL"
-    run(con, f"""CREATE OR REPLACE TEMP TABLE b_stats AS
-        SELECT s.*, t.touch AS last_touch
+    stats = f"""SELECT s.*, t.touch AS last_touch
         FROM b_stats0 s LEFT JOIN (
           SELECT key, timestamp, {touch_struct(settings)} AS touch
           FROM {hinted(f"(SELECT * FROM events WHERE {window} AND key IN ({winners}))")}) t
-          ON t.key = {key_of('s.last_touch_o')} AND t.timestamp = {ts_of('s.last_touch_o')}""")
-    if full:
-        run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_stats")
+          ON t.key = {key_of('s.last_touch_o')} AND t.timestamp = {ts_of('s.last_touch_o')}"""
+    if full:  # the partials start empty: written directly
+        run(con, f"INSERT INTO node_stats BY NAME {stats}")
     else:
+        run(con, f"CREATE OR REPLACE TEMP TABLE b_stats AS {stats}")
         run(con, f"""CREATE OR REPLACE TEMP TABLE b_merged AS
             SELECT node, {COMBINE}
             FROM (SELECT * FROM node_stats SEMI JOIN b_stats USING (node)
@@ -176,8 +177,7 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
         run(con, "DELETE FROM node_stats WHERE node IN (SELECT node FROM b_stats)")
         run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_merged")
     # Traits: one row per (identifier, trait) with its strategy's partial.
-    run(con, f"""CREATE OR REPLACE TEMP TABLE b_tr AS
-        WITH kv AS (
+    traits = f"""WITH kv AS (
           SELECT node, CASE WHEN strategy = 'first' THEN -o ELSE o END AS o, trait, v,
                  strategy
           FROM (SELECT node, o, kv.key AS trait, {strategy_case(settings, 'kv.key')}
@@ -197,18 +197,19 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
                       WHEN v::VARCHAR IN ('null', '""') THEN []
                       ELSE [v::VARCHAR] END END) FILTER (WHERE strategy = 'union'))))
                  AS vals
-        FROM kv GROUP BY node, trait""")
+        FROM kv GROUP BY node, trait"""
     if full:
-        run(con, "INSERT INTO trait_stats SELECT * FROM b_tr")
-    else:
-        run(con, f"""CREATE OR REPLACE TEMP TABLE b_trm AS
-            SELECT node, trait, {TRAIT_COMBINE}
-            FROM (SELECT t.* FROM trait_stats t SEMI JOIN b_tr USING (node, trait)
-                  UNION ALL SELECT * FROM b_tr)
-            GROUP BY node, trait""")
-        run(con, """DELETE FROM trait_stats WHERE (node, trait) IN (
-            SELECT (node, trait) FROM b_tr)""")
-        run(con, "INSERT INTO trait_stats SELECT * FROM b_trm")
+        run(con, f"INSERT INTO trait_stats {traits}")
+        return
+    run(con, f"CREATE OR REPLACE TEMP TABLE b_tr AS {traits}")
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_trm AS
+        SELECT node, trait, {TRAIT_COMBINE}
+        FROM (SELECT t.* FROM trait_stats t SEMI JOIN b_tr USING (node, trait)
+              UNION ALL SELECT * FROM b_tr)
+        GROUP BY node, trait""")
+    run(con, """DELETE FROM trait_stats WHERE (node, trait) IN (
+        SELECT (node, trait) FROM b_tr)""")
+    run(con, "INSERT INTO trait_stats SELECT * FROM b_trm")
     run(con, """CREATE OR REPLACE TEMP TABLE b_stat_nodes AS
         SELECT node FROM b_stats UNION SELECT node FROM b_tr""")
 
@@ -228,7 +229,7 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
             run(con, f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM b_pset)")
         run(con, """CREATE OR REPLACE TEMP TABLE b_pnodes AS
             SELECT i.* FROM identities i SEMI JOIN b_pset USING (person_id)""")
-    run(con, """INSERT INTO persons
+    written = run(con, """INSERT INTO persons
         SELECT person_id,
                any_value(id_type) FILTER (WHERE is_root) AS root_type,
                any_value(id_value) FILTER (WHERE is_root) AS root_value,
@@ -253,7 +254,7 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                coalesce(sum(s.revenue), 0), min(s.first_booking_at), max(s.last_booking_at),
                max(s.last_event_at), arg_max(s.last_touch, s.last_touch_o)
         FROM b_pnodes i LEFT JOIN node_stats s USING (node) GROUP BY i.person_id""")
-    return int(run(con, "SELECT count(DISTINCT person_id) FROM b_pnodes")[0][0])
+    return int(written[0][0])  # one row per person
 
 
 # Every event with its person (as of the last build): the person of its primary identifier,
