@@ -373,14 +373,13 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
               FROM (SELECT n.*, coalesce(l.best.anchor, n.comp) AS grp
                     FROM b_nodes n LEFT JOIN b_lab l USING (node)))""")
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_new AS
-        WITH roots AS (
-          SELECT grp, arg_min({{'t': id_type, 'v': id_value, 'n': node}},
-                              {{'f': first_seen, 'n': node}}) AS root
-          FROM b_final GROUP BY grp),
-        SELECT f.node, f.id_type, f.id_value, f.cluster,
-               {person_id_sql('r.root.t', 'r.root.v')} AS person_id, f.status,
-               {ts_of('f.first_seen')} AS first_seen, f.last_seen,
-               r.root.n = f.node AS is_root
+        WITH roots AS (  -- the person id once per person, not once per identifier
+          SELECT grp, {person_id_sql('root.t', 'root.v')} AS person_id, root.n AS root
+          FROM (SELECT grp, min({{'f': first_seen, 'n': node, 't': id_type, 'v': id_value}})
+                              AS root
+                FROM b_final GROUP BY grp))
+        SELECT f.node, f.id_type, f.id_value, f.cluster, r.person_id, f.status,
+               {ts_of('f.first_seen')} AS first_seen, f.last_seen, r.root = f.node AS is_root
         FROM b_final f JOIN roots r USING (grp)""")
     # What changed: identifiers whose person changed, for the log and the redirects.
     run(con, """CREATE OR REPLACE TEMP TABLE b_moves AS

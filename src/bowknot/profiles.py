@@ -243,9 +243,10 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                     WHEN 'union' THEN ('[' || array_to_string(vals, ',') || ']')::JSON
                     ELSE v END,
                strategy
-        FROM (SELECT i.person_id, t.trait, {TRAIT_COMBINE},
-                     {strategy_case(settings, 't.trait')} AS strategy
-              FROM b_pnodes i JOIN trait_stats t USING (node) GROUP BY ALL)""")
+        FROM (SELECT *, {strategy_case(settings, 'trait')} AS strategy
+              FROM (SELECT i.person_id, t.trait, {TRAIT_COMBINE}
+                    FROM b_pnodes i JOIN trait_stats t USING (node)
+                    GROUP BY i.person_id, t.trait))""")
     # One pass: a person without partials (no attributed event) gets zeros and NULLs.
     run(con, """INSERT INTO profile_features
         SELECT i.person_id, coalesce(sum(s.events), 0), coalesce(sum(s.pages), 0),
