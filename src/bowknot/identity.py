@@ -220,15 +220,15 @@ def person_id_sql(id_type: str, id_value: str) -> str:
 def update_graph(con: duckdb.DuckDBPyConnection, full: bool = False) -> None:
     """Fold new identifiers into the graph from ``b_tup``: one row per distinct combination
     of raw identifier fields in the new events, with ``ids``, ``first`` (the earliest
-    (ts, key) of its events) and ``last_ts``.
+    (ts, key) of its events) and ``last_event_at``.
 
     Leaves (incremental builds) ``b_touched(node)``: nodes that are new or gained a link, or
     are now seen earlier, whose clusters must be resolved again, and ``b_occ``, the new
     events' identifiers.
     """
     occ = f"""SELECT x.t AS id_type, x.v AS id_value, {node_expr('x')} AS node,
-               min(first) AS first_seen, max(last_ts) AS last_seen
-        FROM (SELECT first, last_ts, unnest(ids) AS x FROM b_tup) GROUP BY ALL"""
+               min(first) AS first_seen, max(last_event_at) AS last_seen
+        FROM (SELECT first, last_event_at, unnest(ids) AS x FROM b_tup) GROUP BY ALL"""
     links = f"""SELECT least(p, o) AS a, greatest(p, o) AS b, min(first) AS first
         FROM (SELECT first, {node_expr('ids[1]')} AS p, {node_expr('unnest(ids[2:])')} AS o
               FROM b_tup WHERE len(ids) > 1)

@@ -92,14 +92,15 @@ TRAITS_COLUMN = """CASE WHEN type = 'identify' THEN
            WHEN (_ctx->'traits') IS NOT NULL THEN _ctx->'traits' END"""
 
 # Partial aggregates of a group of events (columns of ``event_columns``), and how partials
-# combine: every one is associative, so builds can fold new events in any order.
+# combine: every one is associative, so builds can fold new events in any order. The first
+# event's time is that of ``first`` (the build adds it per group, not per event).
 EVENT_AGGREGATES = """count(*) AS events, count_if(type = 'page') AS pages,
     count_if(type = 'screen') AS screens, count_if(type = 'track') AS tracks,
     count_if(type = 'identify') AS identifies, count_if(booking) AS bookings,
     sum(revenue) AS revenue, min(ts) FILTER (WHERE booking) AS first_booking_at,
-    max(ts) FILTER (WHERE booking) AS last_booking_at, min(ts) AS first_event_at,
+    max(ts) FILTER (WHERE booking) AS last_booking_at,
     max(ts) AS last_event_at, max(o) FILTER (WHERE touch) AS last_touch_o, min(o) AS first,
-    max(ts) AS last_ts, list({'o': o, 'tr': tr}) FILTER (WHERE tr IS NOT NULL) AS trs"""
+    list({'o': o, 'tr': tr}) FILTER (WHERE tr IS NOT NULL) AS trs"""
 COMBINE_EVENTS = """sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens,
     sum(tracks) AS tracks, sum(identifies) AS identifies, sum(bookings) AS bookings,
     sum(revenue) AS revenue, min(first_booking_at) AS first_booking_at,
