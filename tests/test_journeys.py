@@ -316,6 +316,26 @@ def test_touchpoints_last_touch_before_each_outcome(analyse: Analyse,
     assert "nps" not in plain[0]
 
 
+def test_touchpoints_break_ties_in_time_by_seq(analyse: Analyse, ws: bowknot.Workspace) -> None:
+    # Two channels of one campaign sent at the same moment (as campaign blasts are), and a
+    # touch at the very time of the answer: the ASOF path (DuckDB) and the window path
+    # (Spark) must pick the same touch, the one with the greater seq among the latest.
+    seed(ws, [("u1", "Campaign Sent", 0, {"channel": "sms", "campaign_id": "deal"}),
+              ("u1", "Campaign Sent", 0, {"channel": "email", "campaign_id": "deal"}),
+              ("u1", "survey_answered", 2, {"score": 9}),
+              ("u2", "Campaign Sent", 0, {"channel": "push", "campaign_id": "summer"}),
+              ("u2", "Campaign Sent", 3, {"channel": "sms", "campaign_id": "summer"}),
+              ("u2", "survey_answered", 3, {"score": 3})])
+    latest = ws.sql("""SELECT arg_max(channel, seq) AS channel FROM journey_events
+                       WHERE event = 'Campaign Sent' AND person_id = (SELECT person_id
+                         FROM journey_events WHERE event = 'survey_answered' AND ts = (
+                           SELECT min(ts) FROM journey_events WHERE event = 'survey_answered'))
+                       GROUP BY ts""")[0]["channel"]
+    rows = analyse(ws).touchpoints("survey_answered", within="1d", value="score").rows()
+    assert sorted((r["channel"], r["nps"]) for r in rows) == sorted(
+        [(latest, 100.0), ("sms", -100.0)])
+
+
 def test_bowtie_report(analyse: Analyse, ws: bowknot.Workspace) -> None:
     utm = {"campaign": {"source": "google", "medium": "cpc", "name": "brand"}}
     events = [

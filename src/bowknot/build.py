@@ -22,7 +22,7 @@ from typing import Any
 
 import duckdb
 
-from . import identity, profiles
+from . import identity, journal, profiles
 from .store.engine import run
 
 log = logging.getLogger("bowknot.build")
@@ -38,9 +38,10 @@ DDL: tuple[str, ...] = (
 # Bumped when a derived table's shape changes: those tables are then recreated and the next
 # build is a full one. Operational state (identity_log, identity_overrides, person_redirects,
 # builds) is kept.
-DERIVED_VERSION = "6"
+DERIVED_VERSION = "7"
 DERIVED_TABLES = ("id_nodes", "id_edges", "identities", "event_fallback", "node_stats",
-                  "trait_stats", "persons", "profile_features", "person_traits")
+                  "trait_stats", "persons", "profile_features", "person_traits",
+                  "journey_events")
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
@@ -213,6 +214,7 @@ class Builder:
             profiles.update_stats(con, settings, full, window)
             result.persons_updated = profiles.update_persons(con, settings, full)
             profiles.create_view(con, settings)
+            journal.update(con, full)
             _set_meta(con, "build_load_id", str(high))
             _set_meta(con, "node_hash", probe)
             _set_meta(con, "build_config", config)

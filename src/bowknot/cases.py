@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
+
 from .errors import NotFound, ValidationError
 from .store.engine import run
+from .store.writer import Rows
 
 DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS cases (
@@ -25,6 +27,16 @@ DDL: tuple[str, ...] = (
         score INTEGER, why VARCHAR, opened_at TIMESTAMP, due_at TIMESTAMP, owner VARCHAR,
         status VARCHAR, notes JSON, closed_at TIMESTAMP, resolution VARCHAR)""",
 )
+
+# A case opened by an answer is written with it (store.writer.Rows), from these rows.
+NEW_CASES = pa.schema([("case_id", pa.string()), ("person_id", pa.string()),
+                       ("survey_id", pa.string()), ("invitation_id", pa.string()),
+                       ("score", pa.int32()), ("why", pa.string()),
+                       ("opened_at", pa.timestamp("us")), ("due_at", pa.timestamp("us"))])
+INSERT_CASES_SQL = """INSERT INTO cases (case_id, person_id, survey_id, invitation_id, score,
+        why, opened_at, due_at, owner, status, notes, closed_at, resolution)
+    SELECT case_id, person_id, survey_id, invitation_id, score, why, opened_at, due_at, NULL,
+           'open', '[]', NULL, NULL FROM new_cases"""
 
 _RULE = re.compile(r"^\s*(nps|csat|ces|custom)\s*(<=|<|>=|>|=)\s*(\d+)\s*$")
 
@@ -56,7 +68,6 @@ def matches(rules: list[tuple[str, str, int]], kind: str, score: int) -> bool:
 class Cases:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
-        self._lock = threading.Lock()
 
     def _q(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.ws.store.query(sql, params)
@@ -76,28 +87,33 @@ class Cases:
         self.ws.surveys.record(inv[0], event, message_id,
                                {"case_id": case["case_id"], **properties}, source="cases")
 
-    # -- opening (called when an answer is recorded) -------------------------------------------
-    def on_answer(self, invitation: dict[str, Any], kind: str, score: int,
-                  why: str | None) -> dict[str, Any] | None:
-        """Open a case if the rule says this answer needs one (once per invitation)."""
+    # -- opening (with the answer that needs it) -------------------------------------------
+    def opening(self, invitation: dict[str, Any], kind: str, score: int,
+                why: str | None) -> dict[str, Any] | None:
+        """The case this answer opens if the rule says it needs one, not written yet: the
+        answer writes it (:meth:`rows`, :meth:`opened_call`) in its own transaction, so an
+        invitation, answered once, opens at most one case."""
         if not matches(parse_rule(self.ws.settings.followup_rule), kind, score):
             return None
-        with self._lock:
-            found = self._q("SELECT * FROM cases WHERE invitation_id = ?",
-                            [invitation["invitation_id"]])
-            if found:
-                return found[0]
-            now = _now()
-            case_id = "case_" + uuid.uuid4().hex[:12]
-            due = now + timedelta(hours=self.ws.settings.followup_due_hours)
-            self._exec("""INSERT INTO cases VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 'open', '[]',
-                          NULL, NULL)""",
-                       [case_id, invitation["person_id"], invitation["survey_id"],
-                        invitation["invitation_id"], score, why, now, due])
-            case = self.get(case_id)
-        self._event(case, "case_opened", f"case-open-{case_id}", {
-            "survey_id": invitation["survey_id"], "score": score, "due_at": due.isoformat()})
-        return case
+        now = _now()
+        return {"case_id": "case_" + uuid.uuid4().hex[:12],
+                "person_id": invitation["person_id"], "survey_id": invitation["survey_id"],
+                "invitation_id": invitation["invitation_id"], "score": score, "why": why,
+                "opened_at": now,
+                "due_at": now + timedelta(hours=self.ws.settings.followup_due_hours)}
+
+    @staticmethod
+    def rows(cases: list[dict[str, Any]]) -> Rows:
+        return Rows("new_cases", INSERT_CASES_SQL, NEW_CASES, cases)
+
+    def opened_call(self, invitation: dict[str, Any],
+                    case: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+        """The ``case_opened`` event of ``case``, for :meth:`Workspace.send_many`."""
+        call: tuple[str, dict[str, Any], str] = self.ws.surveys.call(
+            invitation, "case_opened", f"case-open-{case['case_id']}", {
+                "case_id": case["case_id"], "survey_id": case["survey_id"],
+                "score": case["score"], "due_at": case["due_at"].isoformat()}, source="cases")
+        return call
 
     # -- working a case ----------------------------------------------------------------------
     def get(self, case_id: str) -> dict[str, Any]:

@@ -129,6 +129,8 @@ class Privacy:
             counts = self._delete(con, subject, values, dry_run)
             if not dry_run:  # the deletion and its audit record commit together
                 self._audit(con, op, "delete", dry_run, len(values), counts)
+        if not dry_run:  # the pages no longer know the person's invitations
+            self.ws.surveys.forget()
         if dry_run:  # a dry run changes nothing but is audited too
             self._audit(self.ws.store.cursor(), op, "delete", dry_run, len(values), counts)
         return {"operation_id": op, "kind": "delete", "dry_run": dry_run,
@@ -171,6 +173,8 @@ class Privacy:
             ("persons", "person_id = ?", [pid]),
             ("profile_features", "person_id = ?", [pid]),
             ("person_traits", "person_id = ?", [pid]),
+            ("journey_events", """person_id = ?
+                OR seq IN (SELECT CAST(key // 2 AS BIGINT) FROM p_events)""", [pid]),
             ("person_redirects", "person_id = ? OR old_person_id = ?", [pid, pid]),
             ("identity_log", """person_id = ? OR other_person_id = ?
                 OR list_has_any(nodes, (SELECT list(node) FROM p_nodes))

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -24,13 +25,16 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pyarrow as pa
 
 from . import contact, survey_reports, survey_text, survey_triggers
 from .errors import NotFound, ValidationError
 from .store.engine import run
+from .store.writer import Rows
 from .survey_reports import campaign_impact as campaign_impact  # re-exported: callers
 from .survey_reports import nps as nps  # import both from here
 
@@ -56,6 +60,21 @@ DDL: tuple[str, ...] = (
         invitation_id VARCHAR, flagged_at TIMESTAMP, kind VARCHAR, detail JSON)""",
 )
 
+# An answer (or a "why") marks its invitation in the transaction of its event
+# (store.writer.Rows): one statement for every answer of a group commit.
+_ANSWERED = pa.schema([("invitation_id", pa.string()), ("answered_at", pa.timestamp("us")),
+                       ("score", pa.int32()), ("commented_at", pa.timestamp("us"))])
+_ANSWERED_SQL = """UPDATE survey_invitations SET answered_at = a.answered_at,
+        score = a.score, commented_at = a.commented_at
+    FROM survey_answers a WHERE survey_invitations.invitation_id = a.invitation_id"""
+_COMMENTED = pa.schema([("invitation_id", pa.string()), ("commented_at", pa.timestamp("us"))])
+_COMMENTED_SQL = """UPDATE survey_invitations SET commented_at = c.commented_at
+    FROM survey_comments c WHERE survey_invitations.invitation_id = c.invitation_id"""
+
+# Invitation rows kept in memory (a page, then its post), and answers noted beside them.
+_ROWS_KEPT = 20_000
+_ANSWERED_KEPT = 200_000
+
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -71,7 +90,11 @@ class Surveys:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self._lock = threading.RLock()  # invite -> token -> secret re-enters
-        self._stripes = [threading.Lock() for _ in range(64)]
+        self._guard = threading.Lock()  # of _busy: per invitation, a lock and its users
+        self._busy: dict[str, tuple[threading.Lock, list[int]]] = {}
+        self._rows: dict[str, dict[str, Any]] = {}  # invitation rows as read (see _row)
+        self._answered: dict[str, dict[str, Any]] = {}  # changed by answers since then
+        self._generation = 0  # of the two above, bumped by forget()
         self._surveys: dict[str, dict[str, Any]] = {}  # read on every page: cached
         self._secret: bytes | None = None
         self.triggers = survey_triggers.Triggers(ws)  # list, pause, resume, remove, evaluate
@@ -82,9 +105,6 @@ class Surveys:
 
     def _exec(self, sql: str, params: list[Any] | None = None) -> None:
         run(self.ws.store.cursor(), sql, params)
-
-    def _lock_for(self, invitation_id: str) -> threading.Lock:
-        return self._stripes[hash(invitation_id) % len(self._stripes)]
 
     # -- secrets and tokens ----------------------------------------------------------------
     @property
@@ -272,20 +292,67 @@ class Surveys:
         if len(parts) != 3 or not hmac.compare_digest(
                 self._sign(f"{parts[0]}.{parts[1]}"), parts[2]):
             return "invalid", None
-        rows = self._q("SELECT * FROM survey_invitations WHERE invitation_id = ?", [parts[0]])
-        if not rows:
+        inv = self._row(parts[0])
+        if inv is None:
             return "invalid", None
-        inv = rows[0]
         if inv["answered_at"] is not None:
             return "answered", inv
         if int(parts[1]) < time.time():
             return "expired", inv
         return "ok", inv
 
+    def _row(self, invitation_id: str) -> dict[str, Any] | None:
+        """The invitation's row, with what this process has recorded on it since it was read.
+
+        A page and its post read the same row, and everything an answer changes on it goes
+        through this object (one process holds the workspace), so rows are kept (up to
+        ``_ROWS_KEPT``) and what an answer changed is kept beside them (``_answered``, filled
+        once the answer is durable): a kept row read before an answer is never taken for
+        unanswered. After a restart both are empty and the store says what is answered.
+        """
+        row = self._rows.get(invitation_id)
+        if row is None:
+            generation = self._generation
+            rows = self._q("SELECT * FROM survey_invitations WHERE invitation_id = ?",
+                           [invitation_id])
+            if not rows:
+                return None
+            row = rows[0]
+            with self._guard:
+                if generation == self._generation:  # not read across a forget()
+                    if len(self._rows) >= _ROWS_KEPT:
+                        self._rows.clear()
+                    self._rows.setdefault(invitation_id, row)
+        done = self._answered.get(invitation_id)
+        if done is None:
+            return dict(row)  # the kept row stays as read, whatever the caller does
+        return {**row, **{k: v for k, v in done.items() if v is not None or row[k] is None}}
+
+    def _recorded(self, invitation_id: str, **changes: Any) -> None:
+        """Note what an answer (or its "why") changed on the invitation, once durable."""
+        with self._guard:
+            if len(self._answered) >= _ANSWERED_KEPT:
+                self._forget()
+            self._answered[invitation_id] = {**self._answered.get(invitation_id, {}),
+                                             **changes}
+
+    def forget(self) -> None:
+        """Drop the kept invitation rows: call after changing survey_invitations other than
+        by answering (a privacy deletion does)."""
+        with self._guard:
+            self._forget()
+
+    def _forget(self) -> None:
+        self._rows.clear()
+        self._answered.clear()
+        self._generation += 1
+
     # -- answers -------------------------------------------------------------------------------
-    def record(self, inv: dict[str, Any], event: str, message_id: str,
-               properties: dict[str, Any], source: str = "surveys") -> None:
-        """An event about invitation ``inv`` on its person's timeline (durable on return)."""
+    def call(self, inv: dict[str, Any], event: str, message_id: str,
+             properties: dict[str, Any], source: str = "surveys"
+             ) -> tuple[str, dict[str, Any], str]:
+        """An event about invitation ``inv`` on its person's timeline, as a
+        ``(call, payload, source)`` for :meth:`Workspace.send_many`."""
         payload: dict[str, Any] = {
             "event": event, "messageId": message_id, "properties": properties,
             "context": {"locale": inv["language"]}}
@@ -295,68 +362,109 @@ class Surveys:
             payload["anonymousId"] = inv["anonymous_id"]
             if inv["email"]:  # links a survey-only anonymous id to the person
                 payload["context"]["traits"] = {"email": inv["email"]}
-        self.ws.send("track", payload, source=source)
+        return "track", payload, source
+
+    def record(self, inv: dict[str, Any], event: str, message_id: str,
+               properties: dict[str, Any], source: str = "surveys") -> None:
+        """An event about invitation ``inv`` on its person's timeline (durable on return)."""
+        self.ws.send_many([self.call(inv, event, message_id, properties, source)])
+
+    @contextlib.contextmanager
+    def _one_at_a_time(self, invitation_id: str) -> Iterator[None]:
+        """Posts to one invitation (a double click, a scanner) one after the other, each
+        reading the invitation's state (:meth:`_row`) once the one before is durable and
+        noted; posts to different invitations in parallel, so their writes share group
+        commits."""
+        with self._guard:
+            entry = self._busy.setdefault(invitation_id, (threading.Lock(), [0]))
+            entry[1][0] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1][0] -= 1
+                if not entry[1][0]:
+                    del self._busy[invitation_id]
 
     def answer(self, token: str, score: int, why: str | None = None,
                reasons: Sequence[str] | None = None,
                csrf: str | None = None) -> dict[str, Any]:
-        """Record an answer posted from the page; returns {state, invitation}."""
-        if csrf is not None and not hmac.compare_digest(self.csrf(token), csrf):
-            raise ValidationError("The form is out of date; reload the survey page.")
-        state, inv = self.invitation(token)
-        if inv is None or state in ("invalid", "expired"):
-            return {"state": state, "invitation": inv}
-        survey = self.get(inv["survey_id"])
-        if not isinstance(score, int) or not survey["scale_min"] <= score <= survey["scale_max"]:
-            raise ValidationError(
-                f"The score must be a whole number from {survey['scale_min']} to "
-                f"{survey['scale_max']}.")
-        chosen = [r for r in (reasons or []) if r in (survey["reasons"] or [])]
-        why = (why or "").strip()[:5000] or None
-        # One invitation at a time (a double click, a scanner), different ones in parallel, so
-        # their durable writes share group commits.
-        with self._lock_for(inv["invitation_id"]):
+        """Record an answer posted from the page; returns {state, invitation}.
+
+        One write: the ``survey_answered`` event, the invitation marked answered and, when
+        the follow-up rule says so, the case with its ``case_opened`` event, all in one
+        transaction (shared with concurrent answers by the writer's group commit) and
+        durable on return.
+        """
+        invitation_id = token.split(".", 1)[0]
+        with self._one_at_a_time(invitation_id):
             state, inv = self.invitation(token)
-            assert inv is not None
+            if inv is None or state in ("invalid", "expired"):
+                return {"state": state, "invitation": inv}
+            if csrf is not None and not hmac.compare_digest(self.csrf(token), csrf):
+                raise ValidationError("The form is out of date; reload the survey page.")
+            survey = self.get(inv["survey_id"])
+            if not isinstance(score, int) or not (
+                    survey["scale_min"] <= score <= survey["scale_max"]):
+                raise ValidationError(
+                    f"The score must be a whole number from {survey['scale_min']} to "
+                    f"{survey['scale_max']}.")
             if state == "answered":
                 if inv["score"] != score:
-                    recent = (_now() - inv["answered_at"]).total_seconds()
-                    kind = ("burst" if recent <= self.ws.settings.survey_burst_seconds
-                            else "second_answer")
-                    self._exec("INSERT INTO survey_flags VALUES (?, ?, ?, ?)",
-                               [inv["invitation_id"], _now(), kind, json.dumps(
-                                   {"kept_score": inv["score"], "refused_score": score,
-                                    "seconds_after": round(recent, 3)})])
+                    self._flag(inv, score)
                 return {"state": "answered", "invitation": inv}
-            self.record(inv, "survey_answered", f"survey-{inv['invitation_id']}", {
-                "survey_id": inv["survey_id"], "kind": survey["kind"], "score": score,
-                "why": why, "reasons": chosen, "invitation_id": inv["invitation_id"],
-                "trigger": inv["trigger"], "channel": inv["channel"],
-                "language": inv["language"]})
+            chosen = [r for r in (reasons or []) if r in (survey["reasons"] or [])]
+            why = (why or "").strip()[:5000] or None
             now = _now()
-            self._exec("""UPDATE survey_invitations SET answered_at = ?, score = ?,
-                commented_at = CASE WHEN ? THEN ? END WHERE invitation_id = ?""",
-                       [now, score, why is not None, now, inv["invitation_id"]])
-        case = self.ws.cases.on_answer(inv, survey["kind"], score, why)
+            calls = [self.call(inv, "survey_answered", f"survey-{invitation_id}", {
+                "survey_id": inv["survey_id"], "kind": survey["kind"], "score": score,
+                "why": why, "reasons": chosen, "invitation_id": invitation_id,
+                "trigger": inv["trigger"], "channel": inv["channel"],
+                "language": inv["language"]})]
+            answered = {"answered_at": now, "score": score,
+                        "commented_at": now if why is not None else None}
+            rows = [Rows("survey_answers", _ANSWERED_SQL, _ANSWERED,
+                         [{"invitation_id": invitation_id, **answered}])]
+            case = self.ws.cases.opening(inv, survey["kind"], score, why)
+            if case is not None:
+                calls.append(self.ws.cases.opened_call(inv, case))
+                rows.append(self.ws.cases.rows([case]))
+            self.ws.send_many(calls, rows=rows)
+            self._recorded(invitation_id, **answered)
         return {"state": "recorded", "case_id": case["case_id"] if case else None,
                 "invitation": {**inv, "score": score, "commented": why is not None}}
 
+    def _flag(self, inv: dict[str, Any], score: int) -> None:
+        """A different score from an answered link: kept for audit, never counted."""
+        recent = (_now() - inv["answered_at"]).total_seconds()
+        kind = "burst" if recent <= self.ws.settings.survey_burst_seconds else "second_answer"
+        self._exec("INSERT INTO survey_flags VALUES (?, ?, ?, ?)",
+                   [inv["invitation_id"], _now(), kind, json.dumps(
+                       {"kept_score": inv["score"], "refused_score": score,
+                        "seconds_after": round(recent, 3)})])
+
     def comment(self, token: str, why: str, csrf: str | None = None) -> dict[str, Any]:
-        """Add the "why" after the score (once)."""
-        if csrf is not None and not hmac.compare_digest(self.csrf(token), csrf):
-            raise ValidationError("The form is out of date; reload the survey page.")
+        """Add the "why" after the score (once), in one write with the invitation's state."""
         why = (why or "").strip()[:5000]
-        state, inv = self.invitation(token)
-        if inv is None or state != "answered" or not why:
-            return {"state": state if state != "answered" else "empty", "invitation": inv}
-        with self._lock_for(inv["invitation_id"]):
+        invitation_id = token.split(".", 1)[0]
+        with self._one_at_a_time(invitation_id):
+            state, inv = self.invitation(token)
+            if inv is not None and csrf is not None and not hmac.compare_digest(
+                    self.csrf(token), csrf):
+                raise ValidationError("The form is out of date; reload the survey page.")
+            if inv is None or state != "answered" or not why:
+                return {"state": state if state != "answered" else "empty", "invitation": inv}
             if inv["commented_at"] is not None:
                 return {"state": "commented", "invitation": inv}
-            self.record(inv, "survey_commented", f"survey-why-{inv['invitation_id']}", {
-                "survey_id": inv["survey_id"], "why": why,
-                "invitation_id": inv["invitation_id"], "score": inv["score"]})
-            self._exec("UPDATE survey_invitations SET commented_at = ? WHERE invitation_id = ?",
-                       [_now(), inv["invitation_id"]])
+            now = _now()
+            self.ws.send_many([self.call(
+                inv, "survey_commented", f"survey-why-{invitation_id}", {
+                    "survey_id": inv["survey_id"], "why": why,
+                    "invitation_id": invitation_id, "score": inv["score"]})],
+                rows=[Rows("survey_comments", _COMMENTED_SQL, _COMMENTED, [
+                    {"invitation_id": invitation_id, "commented_at": now}])])
+            self._recorded(invitation_id, commented_at=now)
         return {"state": "recorded", "invitation": inv}
 
     # -- what the answers say (survey_reports.py) -----------------------------------------

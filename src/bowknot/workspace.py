@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import duckdb
 import orjson
 
 from . import build as build_module
-from . import cases, identity, privacy, profiles, survey_triggers, surveys, webhooks
+from . import cases, identity, journal, privacy, profiles, survey_triggers, surveys, webhooks
 from .access import Access
 from .errors import BowknotError, QueryError, ValidationError
 from .failures import Failures
@@ -26,7 +26,7 @@ from .persons import Persons
 from .settings import Settings
 from .store import Store, Writer
 from .store.engine import run
-from .store.writer import Request, Submission
+from .store.writer import Request, Rows, Submission
 
 
 class Workspace:
@@ -41,8 +41,8 @@ class Workspace:
         self.access = Access(self.store)
         self.failures = Failures(self)
         build_module.migrate(self.store.connection)
-        ddl = (identity.DDL + profiles.DDL + build_module.DDL + privacy.DDL + surveys.DDL
-               + webhooks.DDL + cases.DDL + survey_triggers.DDL)
+        ddl = (identity.DDL + profiles.DDL + journal.DDL + build_module.DDL + privacy.DDL
+               + surveys.DDL + webhooks.DDL + cases.DDL + survey_triggers.DDL)
         for statement in ddl:
             run(self.store.connection, statement)
         profiles.create_view(self.store.connection, self.settings)
@@ -96,19 +96,28 @@ class Workspace:
 
         The event is durable when this returns.
         """
-        if call not in CALLS:
-            raise BowknotError(
-                f"Unknown call {call!r}; use one of {', '.join(CALLS)}.",
-                code="invalid_type",
-            )
-        body = dict(payload)
-        body.setdefault("messageId", f"lib-{uuid.uuid4()}")
-        body.setdefault("timestamp", datetime.now(UTC).isoformat())
-        out = self._write_requests(
-            [Request(source, call, _dumps(body), origin="library", trusted=True)]
-        )[0]
-        raise_for(out)
-        return str(body["messageId"])
+        return self.send_many([(call, payload, source)])[0]
+
+    def send_many(self, calls: Sequence[tuple[str, Mapping[str, Any], str]], *,
+                  rows: Sequence[Rows] = ()) -> list[str]:
+        """Record spec calls, each ``(call, payload, source)``, and ``rows`` of other tables
+        in one transaction (one group commit with concurrent writers); return the
+        messageIds. All of it is durable when this returns; raises as :meth:`send`."""
+        requests, ids = [], []
+        for call, payload, source in calls:
+            if call not in CALLS:
+                raise BowknotError(
+                    f"Unknown call {call!r}; use one of {', '.join(CALLS)}.",
+                    code="invalid_type",
+                )
+            body = dict(payload)
+            body.setdefault("messageId", f"lib-{uuid.uuid4()}")
+            body.setdefault("timestamp", datetime.now(UTC).isoformat())
+            requests.append(Request(source, call, _dumps(body), origin="library", trusted=True))
+            ids.append(str(body["messageId"]))
+        for out in self.writer.write(Submission(requests, list(rows))):
+            raise_for(out)
+        return ids
 
     def track(
         self,

@@ -59,9 +59,7 @@ class Cohort:
         """Every person who did A: ``person_id``, ``entered_at``, ``converted``."""
         ev = engine.events()
         a = ev.filter(self.did.predicate(engine, ev))
-        w = ibis.window(group_by=a.person_id, order_by=[a.ts, a.seq])
-        a = a.mutate(first=ibis.row_number().over(w))
-        a = a.filter(a.first == 0).select(person_id=a.person_id, entered_at=a.ts)
+        a = a.group_by(a.person_id).aggregate(entered_at=a.ts.min())
         b = ev.filter(self.did_not.predicate(engine, ev)).select(bpid=ev.person_id, tb=ev.ts)
         converted = a.semi_join(b, [a.person_id == b.bpid, b.tb > a.entered_at,
                                     b.tb <= a.entered_at + ibis.interval(seconds=self.within)])
@@ -70,8 +68,8 @@ class Cohort:
         return j.select(person_id=j.person_id, entered_at=j.entered_at,
                         converted=j.converted.fill_null(False))
 
-    def members(self, engine: Engine) -> ir.Table:
-        e = self.entries(engine)
+    def members(self, engine: Engine, entries: ir.Table | None = None) -> ir.Table:
+        e = self.entries(engine) if entries is None else entries
         m = e.filter(~e.converted).select("person_id", "entered_at")
         for trait in self.traits:
             tr = engine.traits()
@@ -81,12 +79,19 @@ class Cohort:
         return m.order_by("person_id")
 
     def run(self, engine: Engine) -> CohortResult:
+        # One query: the members with, on every row, how many entered and converted.
         e = self.entries(engine)
-        stats = engine.to_arrow(e.aggregate(
-            entered=e.count(), converted=e.converted.cast("int64").sum())).to_pylist()[0]
-        table = engine.to_arrow(self.members(engine))
-        entered = int(stats["entered"] or 0)
-        converted = int(stats["converted"] or 0)
+        counts = e.aggregate(entered=e.count(), converted=e.converted.cast("int64").sum())
+        table = engine.to_arrow(
+            self.members(engine, e).cross_join(counts).order_by("person_id"))
+        entered = converted = 0
+        if table.num_rows:
+            entered = int(table.column("entered")[0].as_py() or 0)
+            converted = int(table.column("converted")[0].as_py() or 0)
+        else:  # nobody in the cohort: the counts alone
+            stats = engine.to_arrow(counts).to_pylist()[0]
+            entered, converted = int(stats["entered"] or 0), int(stats["converted"] or 0)
+        table = table.drop_columns(["entered", "converted"])
         return CohortResult("cohort", self.definition(), table, engine.name, extra={
             "entered": entered, "persons": entered - converted,
             "converted_share": converted / entered if entered else None})

@@ -2,19 +2,22 @@
 
 Every analysis is one Ibis expression over :meth:`Engine.events` (and :meth:`Engine.traits`);
 an engine only says where those tables live and how to read a JSON field, so the analyses are
-written once (issue 5). The DuckDB engine reads the workspace's ``person_events`` view in
-place; the Spark engine reads a Parquet snapshot of the same normalised columns, written by
-DuckDB when the engine is made (``refresh()`` takes a new one).
+written once (issue 5). The DuckDB engine reads the workspace's ``journey_events`` table (person
+events as of the last build, kept by the build: :mod:`bowknot.journal`) in place; the Spark
+engine reads a Parquet snapshot of the same table, written by DuckDB when the engine is made
+(``refresh()`` takes a new one).
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ibis
+import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 import pyarrow as pa
 
@@ -33,12 +36,21 @@ ENGINES = ("duckdb", "spark")
 #   event      the step label: a track's event name, "page:<name>" / "screen:<name>" for
 #              named pages and screens, else the call type ("identify", "page", ...)
 #   properties, context   the JSON objects, as text
-EVENT_COLUMNS = ("person_id", "ts", "seq", "type", "event", "properties", "context")
+#   channel, campaign     a touch's channel and campaign: its properties ``channel`` and
+#              ``campaign_id``, else the UTM source and name of its context
+#   utm_campaign          the UTM campaign name of its context
+EVENT_COLUMNS = ("person_id", "ts", "seq", "type", "event", "properties", "context",
+                 "channel", "campaign", "utm_campaign")
 
 
 @ibis.udf.scalar.builtin(name="json_extract_string")  # type: ignore[untyped-decorator]
 def _duckdb_json_text(doc: str, path: str) -> str:  # type: ignore[empty-body]
     """DuckDB: the text of the JSON value at ``path`` (NULL when absent)."""
+
+
+@ibis.udf.scalar.builtin(name="epoch_us")  # type: ignore[untyped-decorator]
+def _duckdb_epoch_us(ts: dt.timestamp) -> dt.int64:
+    """DuckDB: microseconds since 1970 of a timestamp."""
 
 
 @ibis.udf.scalar.builtin(name="get_json_object")  # type: ignore[untyped-decorator]
@@ -47,25 +59,9 @@ def _spark_json_text(doc: str, path: str) -> str:  # type: ignore[empty-body]
 
 
 def normalised_events(ws: Workspace) -> ir.Table:
-    """``person_events`` as the analysis columns, on the workspace's DuckDB (Ibis)."""
-    pe = ws.table("person_events")
-    named = pe.type.isin(["page", "screen"]) & pe.name.notnull()
-    label = ibis.cases(
-        (pe.type == "track", pe.event),
-        (named, pe.type.concat(":", pe.name)),
-        else_=pe.type,
-    )
-    return pe.filter(pe.person_id.notnull()).select(
-        person_id=pe.person_id,
-        ts=pe.timestamp,
-        # The key is an unsigned 64-bit hash; halved it fits a signed BIGINT (Spark has no
-        # unsigned types) and keeps its order.
-        seq=(pe.key // 2).cast("int64"),
-        type=pe.type,
-        event=label.cast("string"),
-        properties=pe.properties.cast("string"),
-        context=pe.context.cast("string"),
-    )
+    """The analysis columns of every person event (the build's ``journey_events`` table, see
+    :mod:`bowknot.journal`), on the workspace's DuckDB (Ibis)."""
+    return ws.table("journey_events")
 
 
 def normalised_traits(ws: Workspace) -> ir.Table:
@@ -82,6 +78,9 @@ class Engine:
     """Where the analyses run. Subclasses give the two tables and the JSON accessor."""
 
     name = "engine"
+    # Whether the engine has an ASOF join (a fast path for "the last X before each Y") and
+    # :meth:`order_key` for it.
+    asof = False
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
@@ -94,6 +93,9 @@ class Engine:
 
     def json_text(self, doc: ir.StringValue, path: str) -> ir.StringValue:
         """The text of the JSON value at ``path`` (``$.a.b``) of the JSON text ``doc``."""
+        raise NotImplementedError
+
+    def order_key(self, ts: ir.TimestampValue, seq: ir.IntegerValue | int) -> ir.DecimalValue:
         raise NotImplementedError
 
     def to_arrow(self, expr: ir.Table) -> pa.Table:
@@ -111,6 +113,7 @@ class DuckDBEngine(Engine):
     """The embedded store: the workspace's own tables, read in place."""
 
     name = "duckdb"
+    asof = True
 
     def events(self) -> ir.Table:
         return normalised_events(self.ws)
@@ -121,6 +124,15 @@ class DuckDBEngine(Engine):
     def json_text(self, doc: ir.StringValue, path: str) -> ir.StringValue:
         out: ir.StringValue = _duckdb_json_text(doc, path)
         return out
+
+    def order_key(self, ts: ir.TimestampValue, seq: ir.IntegerValue | int) -> ir.DecimalValue:
+        """(ts, seq) as one number in the same order (a 128-bit decimal), so an ASOF join
+        on it breaks ties in time by seq, as the portable windows do."""
+        wide = "decimal(38, 0)"
+        seq_value = ibis.literal(seq, "int64") if isinstance(seq, int) else seq
+        key: ir.DecimalValue = (_duckdb_epoch_us(ts).cast(wide)
+                                * ibis.literal(Decimal(2**64), wide) + seq_value.cast(wide))
+        return key
 
 
 def spark_session(master: str = "local[2]", shuffle_partitions: int = 4) -> Any:

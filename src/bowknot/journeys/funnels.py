@@ -54,8 +54,7 @@ def breakdown_value(engine: Engine, events: ir.Table, breakdown: str | None
     if breakdown is None or breakdown.startswith("trait:"):
         return None
     if breakdown == "campaign":
-        value: ir.StringValue = engine.json_text(events.properties, "$.campaign_id").coalesce(
-            engine.json_text(events.context, "$.campaign.name"))
+        value: ir.StringValue = events.campaign  # campaign_id, else the UTM campaign
         return value
     if breakdown.startswith("property:"):
         return engine.json_text(events.properties, "$." + breakdown.split(":", 1)[1])
@@ -140,7 +139,9 @@ class Funnel:
         n = len(self.steps)
         flags = {f"s{k}": s.predicate(engine, ev) for k, s in enumerate(self.steps)}
         bv = breakdown_value(engine, ev, self.breakdown)
-        ev = ev.mutate(bv=bv if bv is not None else ibis.null("string"), **flags)
+        # Only the columns used: a window carries every column of its input (the JSON too).
+        ev = ev.select("person_id", "ts", "seq",
+                       bv=bv if bv is not None else ibis.null("string"), **flags)
         window = ibis.interval(seconds=self.within)
         if self.order == "any":
             return self._unordered(engine, ev, window)
@@ -151,7 +152,10 @@ class Funnel:
             ev = ev.filter(ibis.or_(*(ev[f] for f in flags)))
         e0 = ev.filter(ev.s0)
         rn0 = {"r0": e0.rn} if self.order == "strict" else {}
-        if self.entry == "first":
+        if self.entry == "first" and self.order == "ordered" and bv is None:
+            # Only the time of the first entry matters: a group-by, not a window.
+            a = e0.group_by(e0.person_id).aggregate(bv=e0.bv.max(), t0=e0.ts.min())
+        elif self.entry == "first":
             w0 = ibis.window(group_by=e0.person_id, order_by=[e0.ts, e0.seq])
             a = e0.mutate(first=ibis.row_number().over(w0))
             a = a.filter(a.first == 0)

@@ -39,6 +39,8 @@ class Transitions:
         ev = engine.events()
         if self.events is not None:
             ev = ev.filter(ev.event.isin(self.events))
+        # Only the columns used: a window carries every column of its input (the JSON too).
+        ev = ev.select("person_id", "ts", "seq", "event")
         order = ibis.window(group_by=ev.person_id, order_by=[ev.ts, ev.seq])
         if self.collapse:
             ev = ev.mutate(prev=ev.event.lag().over(order))
@@ -85,7 +87,7 @@ class Sankey:
         self.anchor, self.depth, self.top = anchor, depth, top
 
     def query(self, engine: Engine) -> ir.Table:
-        ev = engine.events()
+        ev = engine.events().select("person_id", "ts", "seq", "event")
         order = ibis.window(group_by=ev.person_id, order_by=[ev.ts, ev.seq])
         ev = ev.mutate(prev=ev.event.lag().over(order))
         ev = ev.filter(ev.prev.isnull() | (ev.prev != ev.event))

@@ -96,11 +96,12 @@ def create_app(ws: Workspace, background_build: bool = False) -> FastAPI:
             return RedirectResponse("/signin", status_code=303)
         return get_swagger_ui_html(openapi_url="/openapi.json", title="bowknot API")
 
+    # Routes are matched in order: the busiest public ones (collection, survey pages) first.
     app.include_router(ingest.router)
+    app.include_router(surveys.public)
     app.include_router(admin.router)
     app.include_router(persons.router)
     app.include_router(surveys.router)
     app.include_router(journeys.router)
-    app.include_router(surveys.public)
     app.include_router(pages.router)
     return app
