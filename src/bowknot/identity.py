@@ -222,9 +222,9 @@ def update_graph(con: duckdb.DuckDBPyConnection, full: bool = False) -> None:
     of raw identifier fields in the new events, with ``ids``, ``first`` (the earliest
     (ts, key) of its events) and ``last_event_at``.
 
-    Leaves (incremental builds) ``b_touched(node)``: nodes that are new or gained a link, or
-    are now seen earlier, whose clusters must be resolved again, and ``b_occ``, the new
-    events' identifiers.
+    Leaves ``b_occ``, the new events' identifiers, and (incremental builds)
+    ``b_touched(node)``: nodes that are new or gained a link, or are now seen earlier, whose
+    clusters must be resolved again.
     """
     occ = f"""SELECT x.t AS id_type, x.v AS id_value, {node_expr('x')} AS node,
                min(first) AS first_seen, max(last_event_at) AS last_seen
@@ -233,13 +233,15 @@ def update_graph(con: duckdb.DuckDBPyConnection, full: bool = False) -> None:
         FROM (SELECT first, {node_expr('ids[1]')} AS p, {node_expr('unnest(ids[2:])')} AS o
               FROM b_tup WHERE len(ids) > 1)
         WHERE p <> o GROUP BY ALL"""
-    if full:  # the graph starts empty: every identifier and link is new, written directly
-        run(con, f"INSERT INTO id_nodes BY NAME {occ}")
-        run(con, f"INSERT INTO id_edges {links}")
-        run(con, "DELETE FROM identity_dirty")
-        return
+    # Materialised first: DuckDB aggregates in parallel into a temporary table, and a
+    # persistent table's insert from a table is cheaper than from an aggregate (measured).
     run(con, f"CREATE OR REPLACE TEMP TABLE b_occ AS {occ}")
     run(con, f"CREATE OR REPLACE TEMP TABLE b_links AS {links}")
+    if full:  # the graph starts empty: every identifier and link is new
+        run(con, "INSERT INTO id_nodes BY NAME SELECT * FROM b_occ")
+        run(con, "INSERT INTO id_edges SELECT * FROM b_links")
+        run(con, "DELETE FROM identity_dirty")
+        return
     # New identifiers, new links, and identifiers now seen earlier than before (a late
     # event can change which identifier is a person's root, hence its id).
     run(con, """CREATE OR REPLACE TEMP TABLE b_touched AS

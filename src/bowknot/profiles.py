@@ -155,7 +155,7 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
     per-identifier partials.
 
     Leaves (incremental builds) ``b_stat_nodes(node)``: identifiers whose aggregates
-    changed. A full build writes the partials directly (they start empty).
+    changed (a full build rewrites every person anyway).
     """
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_stats0 AS
         SELECT hash(ids[1].t, ids[1].v) AS node, {COMBINE_EVENTS} FROM b_tup GROUP BY 1""")
@@ -166,10 +166,10 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
           SELECT key, timestamp, {touch_struct(settings)} AS touch
           FROM {hinted(f"(SELECT * FROM events WHERE {window} AND key IN ({winners}))")}) t
           ON t.key = {key_of('s.last_touch_o')} AND t.timestamp = {ts_of('s.last_touch_o')}"""
-    if full:  # the partials start empty: written directly
-        run(con, f"INSERT INTO node_stats BY NAME {stats}")
+    run(con, f"CREATE OR REPLACE TEMP TABLE b_stats AS {stats}")
+    if full:  # the partials start empty
+        run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_stats")
     else:
-        run(con, f"CREATE OR REPLACE TEMP TABLE b_stats AS {stats}")
         run(con, f"""CREATE OR REPLACE TEMP TABLE b_merged AS
             SELECT node, {COMBINE}
             FROM (SELECT * FROM node_stats SEMI JOIN b_stats USING (node)
@@ -199,10 +199,10 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
                       ELSE [v::VARCHAR] END END) FILTER (WHERE strategy = 'union'))))
                  AS vals
         FROM kv GROUP BY node, trait"""
-    if full:
-        run(con, f"INSERT INTO trait_stats {traits}")
-        return
     run(con, f"CREATE OR REPLACE TEMP TABLE b_tr AS {traits}")
+    if full:
+        run(con, "INSERT INTO trait_stats SELECT * FROM b_tr")
+        return
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_trm AS
         SELECT node, trait, {TRAIT_COMBINE}
         FROM (SELECT t.* FROM trait_stats t SEMI JOIN b_tr USING (node, trait)
@@ -248,14 +248,21 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
               FROM (SELECT i.person_id, t.trait, {TRAIT_COMBINE}
                     FROM b_pnodes i JOIN trait_stats t USING (node)
                     GROUP BY i.person_id, t.trait))""")
-    # One pass: a person without partials (no attributed event) gets zeros and NULLs.
     run(con, """INSERT INTO profile_features
-        SELECT i.person_id, coalesce(sum(s.events), 0), coalesce(sum(s.pages), 0),
-               coalesce(sum(s.screens), 0), coalesce(sum(s.tracks), 0),
-               coalesce(sum(s.identifies), 0), coalesce(sum(s.bookings), 0),
-               coalesce(sum(s.revenue), 0), min(s.first_booking_at), max(s.last_booking_at),
-               max(s.last_event_at), arg_max(s.last_touch, s.last_touch_o)
-        FROM b_pnodes i LEFT JOIN node_stats s USING (node) GROUP BY i.person_id""")
+        WITH f AS (
+          SELECT i.person_id, sum(s.events) AS events, sum(s.pages) AS pages,
+                 sum(s.screens) AS screens, sum(s.tracks) AS tracks,
+                 sum(s.identifies) AS identifies, sum(s.bookings) AS bookings,
+                 sum(s.revenue) AS revenue, min(s.first_booking_at) AS first_booking_at,
+                 max(s.last_booking_at) AS last_booking_at,
+                 max(s.last_event_at) AS last_event_at,
+                 arg_max(s.last_touch, s.last_touch_o) AS last_touch
+          FROM b_pnodes i JOIN node_stats s USING (node) GROUP BY i.person_id)
+        SELECT p.person_id, coalesce(f.events, 0), coalesce(f.pages, 0),
+               coalesce(f.screens, 0), coalesce(f.tracks, 0), coalesce(f.identifies, 0),
+               coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
+               f.last_booking_at, f.last_event_at, f.last_touch
+        FROM (SELECT DISTINCT person_id FROM b_pnodes) p LEFT JOIN f USING (person_id)""")
     return int(written[0][0])  # one row per person
 
 
