@@ -194,7 +194,8 @@ class Builder:
             raw = ", ".join(identity.raw_names(settings))
             window = f"load_id > {low} AND load_id <= {high}"
             run(con, f"""CREATE OR REPLACE TEMP TABLE b_tup AS
-                SELECT *, {identity.ids_from_raw(settings)} AS ids FROM (
+                SELECT *, {identity.ts_of('first')} AS first_event_at,
+                       {identity.ids_from_raw(settings)} AS ids FROM (
                   SELECT {raw}, {profiles.EVENT_AGGREGATES}
                   FROM (SELECT key, timestamp AS ts, {profiles.ORDER_KEY_EVENTS} AS o,
                                {identity.raw_columns(settings)},
@@ -210,7 +211,7 @@ class Builder:
             result.identifiers_resolved = resolved["identifiers_resolved"]
             result.graph_rounds = resolved["graph_rounds"]
             result.label_rounds = resolved["label_rounds"]
-            profiles.update_stats(con, settings, full)
+            profiles.update_stats(con, settings, full, window)
             result.persons_updated = profiles.update_persons(con, settings, full)
             profiles.create_view(con, settings)
             _set_meta(con, "build_load_id", str(high))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import duckdb
 
 from .errors import ValidationError
-from .identity import split_list
+from .identity import hinted, key_of, split_list, ts_of
 from .settings import Settings
 from .store.engine import run
 
@@ -92,25 +92,25 @@ TRAITS_COLUMN = """CASE WHEN type = 'identify' THEN
            WHEN (_ctx->'traits') IS NOT NULL THEN _ctx->'traits' END"""
 
 # Partial aggregates of a group of events (columns of ``event_columns``), and how partials
-# combine: every one is associative, so builds can fold new events in any order.
+# combine: every one is associative, so builds can fold new events in any order. The first
+# event's time is that of ``first`` (the build adds it per group, not per event).
 EVENT_AGGREGATES = """count(*) AS events, count_if(type = 'page') AS pages,
     count_if(type = 'screen') AS screens, count_if(type = 'track') AS tracks,
     count_if(type = 'identify') AS identifies, count_if(booking) AS bookings,
     sum(revenue) AS revenue, min(ts) FILTER (WHERE booking) AS first_booking_at,
-    max(ts) FILTER (WHERE booking) AS last_booking_at, min(ts) AS first_event_at,
-    max(ts) AS last_event_at, arg_max(touch, o) FILTER (WHERE touch IS NOT NULL) AS last_touch,
-    max(o) FILTER (WHERE touch IS NOT NULL) AS last_touch_o, min(o) AS first,
-    max(ts) AS last_ts, list({'o': o, 'tr': tr}) FILTER (WHERE tr IS NOT NULL) AS trs"""
-COMBINE = """sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens,
+    max(ts) FILTER (WHERE booking) AS last_booking_at,
+    max(ts) AS last_event_at, max(o) FILTER (WHERE touch) AS last_touch_o, min(o) AS first,
+    list({'o': o, 'tr': tr}) FILTER (WHERE tr IS NOT NULL) AS trs"""
+COMBINE_EVENTS = """sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens,
     sum(tracks) AS tracks, sum(identifies) AS identifies, sum(bookings) AS bookings,
     sum(revenue) AS revenue, min(first_booking_at) AS first_booking_at,
     max(last_booking_at) AS last_booking_at, min(first_event_at) AS first_event_at,
-    max(last_event_at) AS last_event_at, arg_max(last_touch, last_touch_o) AS last_touch,
-    max(last_touch_o) AS last_touch_o"""
+    max(last_event_at) AS last_event_at, max(last_touch_o) AS last_touch_o"""
+COMBINE = COMBINE_EVENTS + ", arg_max(last_touch, last_touch_o) AS last_touch"
 
 
 TRAIT_COMBINE = """max(o) AS o, arg_max(v, o) AS v, sum(total) AS total,
-    list_sort(list_distinct(flatten(list(vals)))) AS vals"""
+    list_sort(list_distinct(flatten(list(vals) FILTER (WHERE vals IS NOT NULL)))) AS vals"""
 
 
 def strategy_case(settings: Settings, trait: str) -> str:
@@ -131,23 +131,43 @@ def event_columns(settings: Settings) -> str:
     return f"""type, coalesce(event = '{booking}', false) AS booking,
       CASE WHEN event = '{booking}'
            THEN TRY_CAST(properties->>'{revenue}' AS DECIMAL(38, 4)) END AS revenue,
-      CASE WHEN list_contains({_in_list(settings.touch_events)}, event)
+      coalesce(list_contains({_in_list(settings.touch_events)}, event), false)
+        OR (_ctx->'campaign') IS NOT NULL AS touch, {TRAITS_COLUMN} AS tr"""
+
+
+def touch_struct(settings: Settings) -> str:
+    """SQL over a hinted event: its touch (a touch event's, or a campaign in its context).
+
+    Only computed for the few events that are some identifier's latest touch: the
+    aggregates keep the touch's order key (``last_touch_o``) and :func:`update_stats`
+    looks the winners up."""
+    return f"""CASE WHEN list_contains({_in_list(settings.touch_events)}, event)
              THEN {{'ts': timestamp, 'key': key, 'channel': properties->>'channel',
                    'campaign': properties->>'campaign_id', 'event': event}}
-           WHEN (_ctx->'campaign') IS NOT NULL
-             THEN {{'ts': timestamp, 'key': key, 'channel': _ctx->'campaign'->>'source',
-                   'campaign': _ctx->'campaign'->>'name', 'event': coalesce(event, type)}}
-      END AS touch, {TRAITS_COLUMN} AS tr"""
+           ELSE {{'ts': timestamp, 'key': key, 'channel': _ctx->'campaign'->>'source',
+                  'campaign': _ctx->'campaign'->>'name', 'event': coalesce(event, type)}}
+      END"""
 
 
-def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool) -> None:
-    """Fold the new events (``b_tup``) into the per-identifier partials.
+def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
+                 window: str) -> None:
+    """Fold the new events (``b_tup``, from the events matching ``window``) into the
+    per-identifier partials.
 
-    Leaves ``b_stat_nodes(node)``: identifiers whose aggregates changed.
+    Leaves (incremental builds) ``b_stat_nodes(node)``: identifiers whose aggregates
+    changed (a full build rewrites every person anyway).
     """
-    run(con, f"""CREATE OR REPLACE TEMP TABLE b_stats AS
-        SELECT hash(ids[1].t, ids[1].v) AS node, {COMBINE} FROM b_tup GROUP BY 1""")
-    if full:
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_stats0 AS
+        SELECT hash(ids[1].t, ids[1].v) AS node, {COMBINE_EVENTS} FROM b_tup GROUP BY 1""")
+    # The latest touch of each identifier: only the winners' details are read.
+    winners = f"SELECT {key_of('last_touch_o')} FROM b_stats0 WHERE last_touch_o IS NOT NULL"
+    stats = f"""SELECT s.*, t.touch AS last_touch
+        FROM b_stats0 s LEFT JOIN (
+          SELECT key, timestamp, {touch_struct(settings)} AS touch
+          FROM {hinted(f"(SELECT * FROM events WHERE {window} AND key IN ({winners}))")}) t
+          ON t.key = {key_of('s.last_touch_o')} AND t.timestamp = {ts_of('s.last_touch_o')}"""
+    run(con, f"CREATE OR REPLACE TEMP TABLE b_stats AS {stats}")
+    if full:  # the partials start empty
         run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_stats")
     else:
         run(con, f"""CREATE OR REPLACE TEMP TABLE b_merged AS
@@ -158,8 +178,7 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool)
         run(con, "DELETE FROM node_stats WHERE node IN (SELECT node FROM b_stats)")
         run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_merged")
     # Traits: one row per (identifier, trait) with its strategy's partial.
-    run(con, f"""CREATE OR REPLACE TEMP TABLE b_tr AS
-        WITH kv AS (
+    traits = f"""WITH kv AS (
           SELECT node, CASE WHEN strategy = 'first' THEN -o ELSE o END AS o, trait, v,
                  strategy
           FROM (SELECT node, o, kv.key AS trait, {strategy_case(settings, 'kv.key')}
@@ -179,18 +198,19 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool)
                       WHEN v::VARCHAR IN ('null', '""') THEN []
                       ELSE [v::VARCHAR] END END) FILTER (WHERE strategy = 'union'))))
                  AS vals
-        FROM kv GROUP BY node, trait""")
+        FROM kv GROUP BY node, trait"""
+    run(con, f"CREATE OR REPLACE TEMP TABLE b_tr AS {traits}")
     if full:
         run(con, "INSERT INTO trait_stats SELECT * FROM b_tr")
-    else:
-        run(con, f"""CREATE OR REPLACE TEMP TABLE b_trm AS
-            SELECT node, trait, {TRAIT_COMBINE}
-            FROM (SELECT t.* FROM trait_stats t SEMI JOIN b_tr USING (node, trait)
-                  UNION ALL SELECT * FROM b_tr)
-            GROUP BY node, trait""")
-        run(con, """DELETE FROM trait_stats WHERE (node, trait) IN (
-            SELECT (node, trait) FROM b_tr)""")
-        run(con, "INSERT INTO trait_stats SELECT * FROM b_trm")
+        return
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_trm AS
+        SELECT node, trait, {TRAIT_COMBINE}
+        FROM (SELECT t.* FROM trait_stats t SEMI JOIN b_tr USING (node, trait)
+              UNION ALL SELECT * FROM b_tr)
+        GROUP BY node, trait""")
+    run(con, """DELETE FROM trait_stats WHERE (node, trait) IN (
+        SELECT (node, trait) FROM b_tr)""")
+    run(con, "INSERT INTO trait_stats SELECT * FROM b_trm")
     run(con, """CREATE OR REPLACE TEMP TABLE b_stat_nodes AS
         SELECT node FROM b_stats UNION SELECT node FROM b_tr""")
 
@@ -210,7 +230,7 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
             run(con, f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM b_pset)")
         run(con, """CREATE OR REPLACE TEMP TABLE b_pnodes AS
             SELECT i.* FROM identities i SEMI JOIN b_pset USING (person_id)""")
-    run(con, """INSERT INTO persons
+    written = run(con, """INSERT INTO persons
         SELECT person_id,
                any_value(id_type) FILTER (WHERE is_root) AS root_type,
                any_value(id_value) FILTER (WHERE is_root) AS root_value,
@@ -224,9 +244,10 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                     WHEN 'union' THEN ('[' || array_to_string(vals, ',') || ']')::JSON
                     ELSE v END,
                strategy
-        FROM (SELECT i.person_id, t.trait, {TRAIT_COMBINE},
-                     {strategy_case(settings, 't.trait')} AS strategy
-              FROM b_pnodes i JOIN trait_stats t USING (node) GROUP BY ALL)""")
+        FROM (SELECT *, {strategy_case(settings, 'trait')} AS strategy
+              FROM (SELECT i.person_id, t.trait, {TRAIT_COMBINE}
+                    FROM b_pnodes i JOIN trait_stats t USING (node)
+                    GROUP BY i.person_id, t.trait))""")
     run(con, """INSERT INTO profile_features
         WITH f AS (
           SELECT i.person_id, sum(s.events) AS events, sum(s.pages) AS pages,
@@ -242,7 +263,7 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
                f.last_booking_at, f.last_event_at, f.last_touch
         FROM (SELECT DISTINCT person_id FROM b_pnodes) p LEFT JOIN f USING (person_id)""")
-    return int(run(con, "SELECT count(DISTINCT person_id) FROM b_pnodes")[0][0])
+    return int(written[0][0])  # one row per person
 
 
 # Every event with its person (as of the last build): the person of its primary identifier,
