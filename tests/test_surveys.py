@@ -203,6 +203,11 @@ def test_surveys_admin_api(ws: bowknot.Workspace, client: TestClient,
     assert made.status_code == 200, made.text
     bad = client.post("/v1/surveys", headers=auth, json={"survey_id": "Bad Id!"})
     assert bad.status_code == 400 and "lower-case" in bad.json()["error"]["message"]
+    # A channel bowknot cannot deliver through is refused before an invitation is made.
+    fax = client.post("/v1/surveys/nps-booking/invitations", headers=auth,
+                      json={"person": pid, "trigger": "booking-1", "channel": "fax"})
+    assert fax.status_code == 400 and fax.json()["error"]["code"] == "invalid_channel"
+    assert ws.sql("SELECT count(*) AS n FROM survey_invitations")[0]["n"] == 0
     inv = client.post("/v1/surveys/nps-booking/invitations", headers=auth,
                       json={"person": pid, "trigger": "booking-1"}).json()
     page = client.get(inv["link"].split("8000", 1)[1])

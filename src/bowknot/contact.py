@@ -22,6 +22,16 @@ from . import survey_text
 from .errors import ValidationError
 from .store.engine import run
 
+# The channels an invitation is delivered through ("holdout" marks those never asked).
+CHANNELS = ("link", "email", "webhook")
+
+
+def check_channel(channel: str) -> None:
+    """Refuse a channel bowknot cannot deliver through, before anything is written."""
+    if channel not in CHANNELS:
+        raise ValidationError(f"channel {channel!r}: use link, email or webhook.",
+                              code="invalid_channel")
+
 
 def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
          ) -> list[dict[str, Any]]:

@@ -62,7 +62,6 @@ DDL: tuple[str, ...] = (
 
 # No ':' (``cohort:NAME`` is the trigger of a cohort send's invitations).
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-CHANNELS = ("link", "email", "webhook")
 
 
 def _now() -> datetime:
@@ -105,9 +104,7 @@ class Triggers:
             raise ValidationError(
                 f"Trigger name {name!r}: use 1-64 lower-case letters, digits, '-' or '_'.",
                 code="invalid_trigger")
-        if channel not in CHANNELS:
-            raise ValidationError(f"channel {channel!r}: use link, email or webhook.",
-                                  code="invalid_channel")
+        contact.check_channel(channel)
         given = [x for x in ("event", "did", "cohort")
                  if {"event": event, "did": did, "cohort": cohort}[x] is not None]
         if len(given) != 1:

@@ -210,6 +210,7 @@ class Surveys:
     def invite(self, survey_id: str, person: str, *, trigger: str = "manual",
                channel: str = "link", language: str | None = None) -> dict[str, Any]:
         """The invitation of ``person`` for this survey and trigger (made once)."""
+        contact.check_channel(channel)
         survey = self.get(survey_id)
         pid = self.ws.persons.resolve(person)
         with self._lock:
@@ -246,6 +247,7 @@ class Surveys:
         """Invite every member of a saved cohort, in one statement, under the contact rules
         (see contact.py: once per person, survey and trigger; nobody asked within
         ``survey_contact_days``; sample and hold-out; quiet hours in the person's zone)."""
+        contact.check_channel(channel)
         survey = self.get(survey_id)
         if not self._q("SELECT 1 FROM cohorts WHERE name = ?", [cohort]):
             raise NotFound(f"No saved cohort {cohort!r}; `bowknot cohort list` shows them.",
