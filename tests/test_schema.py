@@ -48,3 +48,22 @@ def test_a_workspace_from_a_newer_bowknot_is_refused(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(BowknotError, match="newer bowknot"):
         bowknot.connect(db)
+
+
+def test_a_version_2_workspace_gets_the_trigger_log_watermark(tmp_path: Path) -> None:
+    db = tmp_path / "v2.duckdb"
+    with bowknot.connect(db) as ws:
+        ws.surveys.create("nps", kind="nps")
+        ws.surveys.add_trigger("nps", "closed", event="Ticket Closed", channel="link")
+    con = duckdb.connect(str(db))  # as version 2 made it: no evaluated_log
+    con.execute("ALTER TABLE survey_triggers DROP COLUMN evaluated_log")
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    with bowknot.connect(db) as ws:
+        assert ws.surveys.triggers.get("closed")["evaluated_log"] is None
+        ws.track("Ticket Closed", user_id="t1")
+        ws.build()
+        ws.track("Ticket Closed", user_id="t2")
+        ws.build()  # an incremental evaluation from a trigger that has no log watermark
+        closed = ws.surveys.triggers.get("closed")
+        assert closed["invited"] == 2 and closed["evaluated_log"] is not None

@@ -316,3 +316,46 @@ def test_a_failing_trigger_keeps_its_error_and_the_build_stands(ws: bowknot.Work
     broken, working = ws.surveys.triggers.list()
     assert "No survey 'gone'" in broken["last_error"] and broken["evaluations"] == 0
     assert working["last_error"] is None and working["invited"] == 1
+
+
+def test_an_unmerge_is_followed_by_the_next_incremental_evaluation(tmp_path: Path) -> None:
+    with bowknot.connect(tmp_path / "w.duckdb", survey_quiet_hours="",
+                         survey_trigger_seconds=0) as ws:
+        ws.surveys.create("nps", kind="nps")
+        ws.surveys.add_trigger("nps", "clicked-not-booked", did="Campaign Clicked",
+                               did_not="Booking Completed", within="3s", channel="link")
+        # A laptop clicked; u1 booked just after; then an identify fused them (wrongly: a
+        # shared laptop). As one person: clicked and booked, so nobody is asked.
+        ws.identify("u1", anonymous_id="phone", timestamp=ago(100))
+        ws.track("Campaign Clicked", anonymous_id="laptop", timestamp=ago(1))
+        ws.track("Booking Completed", user_id="u1", timestamp=ago(0.5))
+        ws.build()
+        ws.identify("u1", anonymous_id="laptop", timestamp=ago(0.2))
+        ws.build()
+        assert ws.persons.resolve("laptop") == ws.persons.resolve("u1")
+        time.sleep(3.5)  # the window closes
+        assert ws.build().skipped
+        assert ws.surveys.triggers.get("clicked-not-booked")["evaluations"] == 3
+        assert invitations(ws, "clicked-not-booked") == []
+        merge = [c for c in ws.persons.changes(ws.persons.resolve("u1"))
+                 if c["kind"] == "merge"]
+        assert len(merge) == 1
+
+        # Undone: the laptop's person clicked and did not book. The unmerge's own build
+        # evaluates the trigger incrementally; the booking no longer counts for the laptop.
+        ws.persons.unmerge(merge[0]["log_id"])
+        laptop, u1 = ws.persons.resolve("laptop"), ws.persons.resolve("u1")
+        assert laptop != u1
+        assert ws.surveys.triggers.get("clicked-not-booked")["evaluations"] == 4
+        assert [r["person_id"] for r in invitations(ws, "clicked-not-booked")] == [laptop]
+        state = ws.sql("""SELECT person_id, entered_at FROM survey_trigger_entries
+                          ORDER BY person_id""")
+        outs = ws.sql("SELECT person_id, ts FROM survey_trigger_outs ORDER BY person_id")
+        assert [r["person_id"] for r in state] == [laptop]
+        assert [r["person_id"] for r in outs] == [u1]
+        # The same state as a full evaluation reading every event again.
+        full = ws.surveys.triggers.evaluate("clicked-not-booked", full=True)
+        assert (full["matched"], full["already"], full["invited"]) == (1, 1, 0)
+        assert ws.sql("""SELECT person_id, entered_at FROM survey_trigger_entries
+                         ORDER BY person_id""") == state
+        assert ws.sql("SELECT person_id, ts FROM survey_trigger_outs ORDER BY person_id") == outs

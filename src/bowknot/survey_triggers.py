@@ -49,7 +49,8 @@ DDL: tuple[str, ...] = (
         name VARCHAR, survey_id VARCHAR, kind VARCHAR, rule JSON, channel VARCHAR,
         since TIMESTAMP, active BOOLEAN, created_at TIMESTAMP,
         evaluated_load BIGINT, evaluated_until TIMESTAMP, evaluated_at TIMESTAMP,
-        evaluations BIGINT, invited BIGINT, holdout BIGINT, last_error VARCHAR)""",
+        evaluations BIGINT, invited BIGINT, holdout BIGINT, last_error VARCHAR,
+        evaluated_log BIGINT)""",
     # Each person's first A, per trigger: what an incremental evaluation starts from, so it
     # reads the new loads' events and the candidates' B events, never every A again.
     """CREATE TABLE IF NOT EXISTS survey_trigger_entries (
@@ -140,7 +141,7 @@ class Triggers:
                     f"A trigger named {name!r} exists; remove it first or pick another name "
                     "(`bowknot surveys trigger list`).", code="trigger_exists")
             run(con, """INSERT INTO survey_triggers VALUES (?, ?, ?, ?, ?, ?, true, ?, NULL,
-                        NULL, NULL, 0, 0, 0, NULL)""",
+                        NULL, NULL, 0, 0, 0, NULL, NULL)""",
                 [name, survey_id, kind, json.dumps(rule), channel, _since(since), _now()])
         return self.get(name)
 
@@ -217,10 +218,17 @@ class Triggers:
         with self.ws.builder.transaction() as con, self.ws.surveys._lock:
             built = run(con, "SELECT value FROM meta WHERE key = 'build_load_id'")
             high = int(built[0][0]) if built else 0
+            logged = int(run(con, "SELECT coalesce(max(log_id), 0) FROM identity_log")[0][0])
             now = _now()
             incremental = not full and trigger["evaluated_load"] is not None
             rule = Rule(trigger)
-            steps = (rule.incremental(trigger["evaluated_load"], high) if incremental
+            if incremental:  # persons split since (an unmerge) are read again
+                run(con, """CREATE OR REPLACE TEMP TABLE t_split AS
+                    SELECT DISTINCT unnest([person_id, other_person_id]) AS person_id
+                    FROM identity_log WHERE kind = 'split' AND log_id > ? AND log_id <= ?""",
+                    [trigger["evaluated_log"] or 0, logged])
+                split = bool(run(con, "SELECT 1 FROM t_split LIMIT 1"))
+            steps = (rule.incremental(trigger["evaluated_load"], high, split) if incremental
                      else rule.full())
             for sql, params in steps:
                 run(con, sql, params)
@@ -242,8 +250,8 @@ class Triggers:
             phase("invite")
             run(con, """UPDATE survey_triggers SET evaluated_load = ?, evaluated_until = ?,
                 evaluated_at = ?, evaluations = evaluations + 1, invited = invited + ?,
-                holdout = holdout + ?, last_error = NULL WHERE name = ?""",
-                [high, now, now, counts["invited"], counts["holdout"], name])
+                holdout = holdout + ?, last_error = NULL, evaluated_log = ? WHERE name = ?""",
+                [high, now, now, counts["invited"], counts["holdout"], logged, name])
         counts["matched"] = counts.pop("members")
         return {"trigger": name, "survey_id": trigger["survey_id"],
                 "mode": "incremental" if incremental else "full", "through_load": high,
@@ -334,10 +342,20 @@ class Rule:
                 WHERE is_b""", [self.trigger]),
         ]
 
-    def incremental(self, low: int, high: int) -> list[tuple[str, list[Any]]]:
+    def incremental(self, low: int, high: int, split: bool) -> list[tuple[str, list[Any]]]:
         """The stored entries and B events under their persons' current ids (merged persons
-        take the earlier A), with the A and B events of loads ``low`` .. ``high``."""
+        take the earlier A), with the A and B events of loads ``low`` .. ``high``. With
+        ``split``, the persons in ``t_split`` (split since the last evaluation, e.g. by an
+        unmerge) lose their stored state, which is read again from their events: what one of
+        them did no longer counts for the other."""
         columns = f", ({self.a}) AS is_a, ({self.b}) AS is_b"
+        split_events = f"""load_id <= ? AND (({self.a}) OR ({self.b})) AND (
+            user_id IN (SELECT id_value FROM identities SEMI JOIN t_split USING (person_id)
+                        WHERE id_type = 'user_id')
+            OR anonymous_id IN (SELECT id_value FROM identities SEMI JOIN t_split
+                                USING (person_id) WHERE id_type = 'anonymous_id')
+            OR key IN (SELECT x.key FROM event_fallback x JOIN identities i USING (node)
+                       SEMI JOIN t_split USING (person_id)))"""
         return [
             (f"""CREATE OR REPLACE TEMP TABLE t_new AS
                 SELECT person_id, timestamp, is_a, is_b
@@ -345,21 +363,32 @@ class Rule:
                                      f"({self.b}))", columns)}
                 WHERE person_id IS NOT NULL""",
              [*self.a_params, *self.b_params, low, high, *self.a_params, *self.b_params]),
+            (f"""CREATE OR REPLACE TEMP TABLE t_resplit AS
+                SELECT person_id, timestamp, is_a, is_b
+                FROM {_person_events(split_events, columns)}
+                WHERE person_id IS NOT NULL""",
+             [*self.a_params, *self.b_params, high, *self.a_params, *self.b_params])
+            if split else ("CREATE OR REPLACE TEMP TABLE t_resplit AS FROM t_new LIMIT 0", []),
             ("""CREATE OR REPLACE TEMP TABLE t_entries AS
                 SELECT coalesce(r.person_id, x.person_id) AS person_id,
                        min(x.entered_at) AS entered_at,
                        bool_or(x.fresh OR r.person_id IS NOT NULL) AS changed
                 FROM (SELECT person_id, entered_at, false AS fresh
                       FROM survey_trigger_entries WHERE trigger = ?
-                      UNION ALL SELECT person_id, timestamp, true FROM t_new WHERE is_a) x
+                        AND person_id NOT IN (SELECT person_id FROM t_split)
+                      UNION ALL SELECT person_id, timestamp, true FROM t_new WHERE is_a
+                      UNION ALL SELECT person_id, timestamp, true FROM t_resplit WHERE is_a) x
                 LEFT JOIN person_redirects r ON r.old_person_id = x.person_id
                 GROUP BY 1""", [self.trigger]),
             *self._store(),
+            ("""DELETE FROM survey_trigger_outs WHERE trigger = ?
+                AND person_id IN (SELECT person_id FROM t_split)""", [self.trigger]),
             ("""UPDATE survey_trigger_outs SET person_id = r.person_id FROM person_redirects r
                 WHERE trigger = ? AND survey_trigger_outs.person_id = r.old_person_id""",
              [self.trigger]),
-            ("""INSERT INTO survey_trigger_outs SELECT ?, person_id, timestamp FROM t_new
-                WHERE is_b""", [self.trigger]),
+            ("""INSERT INTO survey_trigger_outs SELECT ?, person_id, timestamp
+                FROM (SELECT * FROM t_new UNION ALL SELECT * FROM t_resplit) WHERE is_b""",
+             [self.trigger]),
         ]
 
     def _store(self) -> list[tuple[str, list[Any]]]:

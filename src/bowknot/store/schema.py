@@ -6,11 +6,14 @@ same values. JSON columns hold the spec's nested objects as text.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Version 2: events lost their stored ``fingerprint`` (computed when a duplicate needs it).
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (2, ("ALTER TABLE events DROP COLUMN IF EXISTS fingerprint",)),
+    # Version 3: a survey trigger remembers the identity log entry it evaluated through, so
+    # an unmerge since is followed (survey_triggers.py).
+    (3, ("ALTER TABLE IF EXISTS survey_triggers ADD COLUMN IF NOT EXISTS evaluated_log BIGINT",)),
 )
 
 DDL: tuple[str, ...] = (
