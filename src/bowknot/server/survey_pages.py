@@ -4,8 +4,10 @@ the credential), served as a plain ASGI route in front of FastAPI.
 These are the server's busiest requests (every answer is a page GET and a POST), and what
 FastAPI adds to a request, eight middleware layers, the router, dependency resolution and
 ``TemplateResponse``, cost more CPU than rendering the page and recording the answer
-(issue 6; benchmarks/README.md). Here a request is read, handled in a worker thread (an
-answer waits there for its group commit) and answered with the rendered page, nothing more.
+(issue 6; benchmarks/README.md). Here a request is read, handled and answered with the
+rendered page, nothing more: on the event loop when nothing is to be read from the store
+(a page whose invitation is in memory; an answer, which waits for its group commit as a
+future, not in a thread), else in a worker thread.
 Errors keep the API's JSON shape (``app.error_response``).
 """
 
@@ -80,10 +82,15 @@ class SurveyPages:
         if len(parts) == 1 and parts[0] and method == "GET":
             query = _query(scope)
             score = query["score"][0] if query.get("score") else None
-            status, html = await self._call(self.show, parts[0], score, _lang(scope, query))
+            lang = _lang(scope, query)
+            found = self.ws.surveys.invitation(parts[0], read=False)
+            if found[0] == "unread":  # read from the store, in a thread
+                status, html = await self._call(self.show, parts[0], score, lang)
+            else:
+                status, html = self.show(parts[0], score, lang, found)
         elif len(parts) == 1 and parts[0] and method == "POST":
             fields = await _form(scope, receive)
-            status, html = await self._call(self.answer, parts[0], fields, _lang(scope))
+            status, html = await self._answer(parts[0], fields, _lang(scope))
         elif len(parts) == 2 and parts[0] and parts[1] == "why" and method == "POST":
             fields = await _form(scope, receive)
             status, html = await self._call(self.why, parts[0], fields, _lang(scope))
@@ -94,11 +101,36 @@ class SurveyPages:
             *_RAW_HEADERS, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    # -- the pages (in a worker thread) ----------------------------------------------------
-    def show(self, token: str, score: str | None, lang: tuple[str | None, str | None]
-             ) -> tuple[int, str]:
-        """Show the question; a score from the e-mail is pre-selected. Records nothing."""
-        state, inv = self.ws.surveys.invitation(token)
+    async def _answer(self, token: str, fields: Fields, lang: tuple[str | None, str | None]
+                      ) -> tuple[int, str]:
+        """An answer, on the event loop when it can start without waiting (the usual
+        case: its page was just shown), while it waits for its group commit; else (the
+        link's row to read, a second post to the link, an error to explain) in a thread."""
+        surveys = self.ws.surveys
+        csrf, score, why = (fields.get(name, [""])[0] for name in ("csrf", "score", "why"))
+        if score.strip().isdigit():
+            try:
+                pending = surveys.start_answer(token, int(score), why, fields.get("reasons"),
+                                               csrf)
+            except ValidationError:
+                pending = None  # the thread's answer explains it
+            if pending is not None:
+                try:
+                    out = await asyncio.wrap_future(pending)
+                except ValidationError as exc:
+                    refused: tuple[int, str] = await self._call(self.refused, token, exc,
+                                                                lang, int(score))
+                    return refused
+                return self.answered(token, out, lang)
+        result: tuple[int, str] = await self._call(self.answer, token, fields, lang)
+        return result
+
+    # -- the pages (in a worker thread, or on the loop when nothing is to be read) ---------
+    def show(self, token: str, score: str | None, lang: tuple[str | None, str | None],
+             found: tuple[str, dict[str, Any] | None] | None = None) -> tuple[int, str]:
+        """Show the question; a score from the e-mail is pre-selected. Records nothing.
+        ``found``: the link's state and invitation, if already known."""
+        state, inv = self.ws.surveys.invitation(token) if found is None else found
         if state in _STATES:
             name, status = _STATES[state]
             return self.page(token, name, inv, lang, status)
@@ -119,9 +151,18 @@ class SurveyPages:
         try:  # one call: the link's state is read once, and the answer is one write
             out = surveys.answer(token, int(score), why, fields.get("reasons"), csrf)
         except ValidationError as exc:
-            state, inv = surveys.invitation(token)
-            return self.page(token, "form", inv, lang, 400, error=exc.message,
-                             chosen=int(score))
+            return self.refused(token, exc, lang, int(score))
+        return self.answered(token, out, lang)
+
+    def refused(self, token: str, exc: ValidationError, lang: tuple[str | None, str | None],
+                score: int) -> tuple[int, str]:
+        """The form again, saying why the answer was refused."""
+        state, inv = self.ws.surveys.invitation(token)
+        return self.page(token, "form", inv, lang, 400, error=exc.message, chosen=score)
+
+    def answered(self, token: str, out: dict[str, Any], lang: tuple[str | None, str | None]
+                 ) -> tuple[int, str]:
+        """The page after a post (``out``: what ``Surveys.answer`` returned)."""
         inv = out["invitation"]
         if out["state"] in ("invalid", "expired"):
             name, status = _STATES[out["state"]]
