@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import hmac
 import json
 import re
@@ -108,6 +107,7 @@ class Surveys:
         self._answered: dict[str, dict[str, Any]] = {}  # changed by answers since then
         self._generation = 0  # of the two above, bumped by forget()
         self._surveys: dict[str, dict[str, Any]] = {}  # read on every page: cached
+        self._texts: dict[tuple[str | None, str], dict[str, str]] = {}  # (survey, language)
         self._secret: bytes | None = None
         self._reads = GroupRead(self._read_rows)  # invitation rows, a group at a time
         self.triggers = survey_triggers.Triggers(ws)  # list, pause, resume, remove, evaluate
@@ -133,7 +133,7 @@ class Surveys:
         return self._secret
 
     def _sign(self, text: str) -> str:
-        return _b64(hmac.new(self.secret, text.encode(), hashlib.sha256).digest()[:18])
+        return _b64(hmac.digest(self.secret, text.encode(), "sha256")[:18])
 
     def token(self, invitation_id: str, expires_at: datetime) -> str:
         stamp = int(expires_at.replace(tzinfo=UTC).timestamp())
@@ -180,6 +180,8 @@ class Surveys:
                 "{'question': '...'}}.")
         with self._lock:
             self._surveys.pop(survey_id, None)
+            for key in [k for k in self._texts if k[0] == survey_id]:
+                self._texts.pop(key, None)
             self._exec("DELETE FROM surveys WHERE survey_id = ?", [survey_id])
             self._exec("""INSERT INTO surveys (survey_id, name, kind, scale_min, scale_max,
                     language, company, reasons, translations, created_at, active, sample,
@@ -210,6 +212,10 @@ class Surveys:
 
     def texts(self, survey: dict[str, Any], language: str) -> dict[str, str]:
         """Every string of the survey's page and e-mail in ``language``."""
+        key = (survey.get("survey_id"), language)
+        cached = self._texts.get(key)  # every page needs them: kept while the survey is
+        if cached is not None:
+            return dict(cached)
         s = survey_text.strings(language, survey)
         kind = survey["kind"]
         own = {**(survey["translations"].get(survey["language"]) or {}),
@@ -217,6 +223,8 @@ class Surveys:
         s["question"] = own.get("question") or s.get(f"question_{kind}", "")
         s["low"] = own.get("low") or s.get(f"low_{kind}", "")
         s["high"] = own.get("high") or s.get(f"high_{kind}", "")
+        if key[0] is not None and self._surveys.get(key[0]) == survey:  # as stored
+            self._texts[key] = dict(s)
         return s
 
     # -- invitations ---------------------------------------------------------------------------
