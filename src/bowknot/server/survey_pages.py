@@ -14,6 +14,7 @@ Errors keep the API's JSON shape (``app.error_response``).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,6 +45,12 @@ _RAW_HEADERS = [(k.lower().encode(), v.encode()) for k, v in
 # (percent-encoded: up to 9 bytes each); a body beyond this is not the page's form.
 MAX_FORM_BYTES = 64 << 10
 
+# Pages rendered once per survey, state and language (see SurveyPages.page), with these
+# stand-ins for a link's own tokens, which are plain: nothing to escape.
+_PLAIN = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_TOKEN, _CSRF = "bk-token-1f0c9e", "bk-csrf-7d2a41"
+_RENDERED_KEPT = 1024
+
 _STATES = {"invalid": ("invalid", 404), "expired": ("expired", 410), "answered": ("used", 200)}
 
 # An answer waits in its thread for the group commit it shares with the others in flight:
@@ -58,6 +65,7 @@ class SurveyPages:
         self.ws = ws
         self._pool: ThreadPoolExecutor | None = None
         self._template = templates.env.get_template("survey.html")
+        self._rendered: dict[tuple[Any, ...], str] = {}  # see page()
 
     def handles(self, scope: Scope) -> bool:
         if scope["type"] != "http":
@@ -201,12 +209,27 @@ class SurveyPages:
         else:
             language = survey_text.pick_language(wanted or accept,
                                                  list(survey_text.LANGUAGES), "en")
+        key = None
+        if inv is not None and extra.get("error") is None and _PLAIN.match(token):
+            # The same page for every link of a survey but for the link's token and CSRF
+            # token (plain ASCII, the same escaped or not): rendered once, filled in.
+            key = (state, inv["survey_id"], survey["created_at"], language, status,
+                   tuple(sorted(extra.items())))
+            html = self._rendered.get(key)
+            if html is not None:
+                return status, html.replace(_TOKEN, token).replace(_CSRF, surveys.csrf(token))
         ctx = {"t": surveys.texts(survey, language), "lang": language,
                "dir": survey_text.direction(language), "state": state, "token": token,
                "csrf": surveys.csrf(token), "low": survey["scale_min"],
                "high": survey["scale_max"], "reasons": survey["reasons"] or [],
                "chosen": None, "error": None, "ask_why": False, **extra}
-        return status, self._template.render(ctx)
+        if key is None:
+            return status, self._template.render(ctx)
+        html = self._template.render({**ctx, "token": _TOKEN, "csrf": _CSRF})
+        if len(self._rendered) >= _RENDERED_KEPT:
+            self._rendered.clear()
+        self._rendered[key] = html
+        return status, html.replace(_TOKEN, token).replace(_CSRF, ctx["csrf"])
 
 
 def _query(scope: Scope) -> Fields:
