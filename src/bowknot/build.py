@@ -126,7 +126,7 @@ def _set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
 # waits, up to _DEFER_INTERVALS intervals; it still runs, so under load derived tables are
 # at most that much later.
 _DEFER_INTERVALS = 4
-_BUSY_COMMITS_PER_S = 20
+_BUSY_COMMITS_PER_S = 10
 
 
 class Builder:
@@ -274,8 +274,8 @@ class Builder:
         return 0 if writer is None else int(writer.commits)
 
     def _busy(self, mark: tuple[float, int]) -> bool:
-        """Whether the writer has committed at least ``_BUSY_COMMITS_PER_S`` since ``mark``
-        (a time and the commit count then)."""
+        """Whether the writer has committed ``_BUSY_COMMITS_PER_S`` groups a second or more
+        since ``mark`` (a time and the commit count then)."""
         seconds = time.monotonic() - mark[0]
         return seconds > 0 and (self._commits() - mark[1]) / seconds >= _BUSY_COMMITS_PER_S
 

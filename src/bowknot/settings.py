@@ -224,7 +224,7 @@ SETTINGS: tuple[Setting, ...] = (
         "build_interval_seconds",
         2.0,
         "How often `bowknot serve` brings derived tables up to date (while the writer "
-        "commits 20 or more groups a second, up to 4 intervals later).",
+        "commits 10 or more groups a second, up to 4 intervals later).",
         float,
     ),
 )
