@@ -73,6 +73,9 @@ _COMMENTED = pa.schema([("invitation_id", pa.string()), ("commented_at", pa.time
 _COMMENTED_SQL = """UPDATE survey_invitations SET commented_at = c.commented_at
     FROM survey_comments c WHERE survey_invitations.invitation_id = c.invitation_id"""
 
+# What Surveys._row says of a row not in memory when it may not read it.
+_UNREAD: dict[str, Any] = {}
+
 # Invitation rows kept in memory (a page, then its post), and answers noted beside them.
 _ROWS_KEPT = 20_000
 _ANSWERED_KEPT = 200_000
@@ -318,9 +321,9 @@ class Surveys:
         if len(parts) != 3 or not hmac.compare_digest(
                 self._sign(f"{parts[0]}.{parts[1]}"), parts[2]):
             return "invalid", None
-        if not read and parts[0] not in self._rows:
+        inv = self._row(parts[0], read)
+        if inv is _UNREAD:
             return "unread", None
-        inv = self._row(parts[0])
         if inv is None:
             return "invalid", None
         if inv["answered_at"] is not None:
@@ -329,7 +332,7 @@ class Surveys:
             return "expired", inv
         return "ok", inv
 
-    def _row(self, invitation_id: str) -> dict[str, Any] | None:
+    def _row(self, invitation_id: str, read: bool = True) -> dict[str, Any] | None:
         """The invitation's row, with what this process has recorded on it since it was read.
 
         A page and its post read the same row, and everything an answer changes on it goes
@@ -338,10 +341,13 @@ class Surveys:
         once the answer is durable): a kept row read before an answer is never taken for
         unanswered. After a restart both are empty and the store says what is answered.
         Rows not kept are read with those other threads want at the same time
-        (``store.reads.GroupRead``).
+        (``store.reads.GroupRead``); with ``read=False`` they are not, and ``_UNREAD``
+        stands for them.
         """
         row = self._rows.get(invitation_id)
         if row is None:
+            if not read:
+                return _UNREAD
             generation = self._generation
             row = self._reads.get(invitation_id)
             if row is None:
