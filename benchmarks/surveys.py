@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -126,6 +127,11 @@ def main() -> None:
     args = ap.parse_args()
     import bowknot
 
+    with socket.socket() as probe:  # another server there would answer in ours' place
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError:
+            sys.exit(f"Port {args.port} is in use (another server?); pass --port.")
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "surveys.duckdb"
         t = time.perf_counter()

@@ -63,3 +63,40 @@ def identifiers_sql_for(ws: bowknot.Workspace) -> str:
     from bowknot.identity import identifiers_sql
 
     return identifiers_sql(ws.settings)
+
+
+def test_background_builds_wait_while_the_writer_is_busy_and_still_run(
+        ws: bowknot.Workspace) -> None:
+    import threading
+    import time
+
+    def first_build_after(busy: bool) -> float:
+        ws.identify(f"u-{busy}", traits={"email": f"{busy}@example.com"})
+        built = threading.Event()
+        ws.builder.hooks.append(lambda result: result.skipped or built.set())
+        stop = threading.Event()
+
+        def commit_back_to_back() -> None:  # the writer's commit count, as under load
+            while not stop.wait(0.001):
+                ws.writer.commits += 1
+
+        feeder = threading.Thread(target=commit_back_to_back)
+        if busy:
+            feeder.start()
+        started = time.monotonic()
+        ws.builder.start(0.25)
+        try:
+            assert built.wait(15), "the build never ran"
+            return time.monotonic() - started
+        finally:
+            ws.builder.stop()
+            stop.set()
+            if busy:
+                feeder.join()
+            ws.builder.hooks.pop()
+
+    idle = first_build_after(busy=False)
+    busy = first_build_after(busy=True)
+    assert busy >= 0.25 * 5  # one interval, then up to four more while busy
+    assert idle < 0.25 * 5
+    assert ws.sql("SELECT count(*) AS n FROM persons")[0]["n"] == 2

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 import bowknot
 from bowknot import ingest
 from bowknot import workspace as workspace_module
+from bowknot.errors import ValidationError
 from bowknot.store.writer import Request, Rows, Submission
 
 from .test_surveys import form_fields, person
@@ -182,3 +183,62 @@ def test_the_librarys_own_events_store_what_the_engine_would_and_stay_deduplicat
         raise AssertionError("a blank event name was accepted")
     assert count(ws, "events WHERE message_id = 'bad-1'") == 0
     assert seen == [True, True, False]
+
+
+def test_an_answer_started_without_waiting_races_with_threads_and_records_once(
+        ws: bowknot.Workspace) -> None:
+    """The page's event-loop path (Surveys.start_answer) and the thread path (answer) share
+    the link's turn: whichever starts first records, the others see it answered."""
+    pid = person(ws)
+    ws.surveys.create("nps", kind="nps")
+    token = ws.surveys.invite("nps", pid)["token"]
+    csrf = ws.surveys.csrf(token)
+    invitation_id = token.split(".")[0]
+    # Not in memory yet: it would have to be read, so the caller must use a thread.
+    assert ws.surveys.invitation(token, read=False) == ("unread", None)
+    assert ws.surveys.start_answer(token, 2, csrf=csrf) is None
+    assert ws.surveys.invitation(token)[0] == "ok"  # the page, shown: the row is kept
+    # Another post to the link being recorded: a thread waits its turn instead.
+    with ws.surveys._one_at_a_time(invitation_id):
+        assert ws.surveys.start_answer(token, 2, csrf=csrf) is None
+    with pytest.raises(ValidationError, match="out of date"):
+        ws.surveys.start_answer(token, 2, csrf="forged")
+    assert not ws.surveys._busy  # a refusal lets the next post in
+
+    pending = ws.surveys.start_answer(token, 2, "Too slow", csrf=csrf)
+    assert pending is not None
+    assert not pending.cancel()  # submitted: seen through, whatever the caller does
+    with ThreadPoolExecutor(6) as pool:
+        others = list(pool.map(lambda s: ws.surveys.answer(token, s, csrf=csrf), range(6)))
+    out = pending.result(10)
+    assert out["state"] == "recorded" and out["case_id"] is not None
+    assert out["invitation"]["score"] == 2 and out["invitation"]["commented"]
+    assert [o["state"] for o in others] == ["answered"] * 6
+    assert count(ws, "events WHERE event = 'survey_answered'") == 1
+    assert count(ws, "survey_flags") == 5  # every other score, never the same one
+    assert count(ws, "cases") == 1 and count(ws, "events WHERE event = 'case_opened'") == 1
+    row = ws.sql("SELECT score, commented_at FROM survey_invitations "
+                 f"WHERE invitation_id = '{invitation_id}'")[0]
+    assert row["score"] == 2 and row["commented_at"] is not None
+    # Answered: the page says so from a thread (and flags a different score there).
+    assert ws.surveys.start_answer(token, 9, csrf=csrf) is None
+    assert not ws.surveys._busy
+
+
+def test_an_answer_refused_by_the_store_reaches_the_event_loop_and_frees_the_link(
+        tmp_path: Path) -> None:
+    with bowknot.connect(tmp_path / "ws.duckdb", max_event_bytes=2000) as ws:
+        pid = person(ws)
+        ws.surveys.create("nps", kind="nps")
+        token = ws.surveys.invite("nps", pid)["token"]
+        csrf = ws.surveys.csrf(token)
+        ws.surveys.invitation(token)
+        pending = ws.surveys.start_answer(token, 9, "x" * 3000, csrf=csrf)  # too large
+        assert pending is not None
+        with pytest.raises(ValidationError, match="rejected"):
+            pending.result(10)
+        assert not ws.surveys._busy
+        assert ws.surveys.invitation(token)[0] == "ok"  # nothing noted: still open
+        assert count(ws, "survey_invitations WHERE answered_at IS NOT NULL") == 0
+        assert ws.surveys.answer(token, 9, "Fine", csrf=csrf)["state"] == "recorded"
+        assert count(ws, "events WHERE event = 'survey_answered'") == 1

@@ -486,3 +486,47 @@ def test_a_detractor_opens_a_follow_up_case_and_closing_it_is_measured(
         from bowknot.cases import parse_rule
 
         parse_rule("nps less than 6")
+
+
+def test_pages_rendered_once_per_survey_and_language_are_each_links_own(
+        ws: bowknot.Workspace) -> None:
+    """A page is rendered once per survey, state and language and filled in with each
+    link's tokens: exactly what rendering it for that link gives, and never stale."""
+    from bowknot.server.survey_pages import SurveyPages
+
+    pages = SurveyPages(ws)
+    ws.surveys.create("nps", kind="nps", reasons=["price", "staff"],
+                      translations={"fa": {"question": "چقدر ما را توصیه می‌کنید؟"}})
+    links = [ws.surveys.invite("nps", person(ws, f"u{i}", f"u{i}@example.com"))["token"]
+             for i in range(3)]
+
+    def direct(token: str, state: str, lang: str, **extra: Any) -> str:
+        pages._rendered.clear()
+        return pages.page(token, state, ws.surveys.invitation(token)[1], (lang, None),
+                          **extra)[1]
+
+    cases = [("form", "en", {"chosen": 9}), ("form", "en", {"chosen": 3}),
+             ("form", "fa", {"chosen": 9}), ("thanks", "th", {"ask_why": True}),
+             ("thanks", "th", {"ask_why": False}), ("used", "en", {})]
+    expected = {}
+    for i, (state, lang, extra) in enumerate(cases):
+        for token in links:
+            expected[i, token] = direct(token, state, lang, **extra)
+        # Each link's own tokens in its forms; a page without a form is the same for all.
+        form = state == "form" or extra.get("ask_why")
+        assert len({expected[i, t] for t in links}) == (3 if form else 1)
+        assert (ws.surveys.csrf(links[0]) in expected[i, links[0]]) == bool(form)
+    assert len(set(expected.values())) == 4 * 3 + 2
+    pages._rendered.clear()
+    for _ in range(2):  # the first renders, the others fill in
+        for i, (state, lang, extra) in enumerate(cases):
+            for token in links:
+                inv = ws.surveys.invitation(token)[1]
+                page = pages.page(token, state, inv, (lang, None), **extra)[1]
+                assert page == expected[i, token]
+    assert "چقدر ما را توصیه می‌کنید؟" in direct(links[0], "form", "fa")
+    # The survey made again with other words: its pages say them at once.
+    ws.surveys.create("nps", kind="nps", reasons=["price", "staff"],
+                      translations={"fa": {"question": "پرسش تازه"}})
+    inv = ws.surveys.invitation(links[1])[1]
+    assert "پرسش تازه" in pages.page(links[1], "form", inv, ("fa", None))[1]

@@ -9,6 +9,7 @@ opening, assigning, each note and closing are events on the person's timeline
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -59,6 +60,10 @@ def parse_rule(text: str) -> list[tuple[str, str, int]]:
     return out
 
 
+# Every answer is checked against the rule: parsed once per rule text.
+_parsed_rule = functools.lru_cache(maxsize=8)(parse_rule)
+
+
 def matches(rules: list[tuple[str, str, int]], kind: str, score: int) -> bool:
     ops = {"<=": score.__le__, "<": score.__lt__, ">=": score.__ge__, ">": score.__gt__,
            "=": score.__eq__}
@@ -93,7 +98,7 @@ class Cases:
         """The case this answer opens if the rule says it needs one, not written yet: the
         answer writes it (:meth:`rows`, :meth:`opened_call`) in its own transaction, so an
         invitation, answered once, opens at most one case."""
-        if not matches(parse_rule(self.ws.settings.followup_rule), kind, score):
+        if not matches(_parsed_rule(self.ws.settings.followup_rule), kind, score):
             return None
         now = _now()
         return {"case_id": "case_" + uuid.uuid4().hex[:12],

@@ -223,7 +223,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "build_interval_seconds",
         2.0,
-        "How often `bowknot serve` brings derived tables up to date.",
+        "How often `bowknot serve` brings derived tables up to date (while the writer "
+        "commits 10 or more groups a second, up to 4 intervals later).",
         float,
     ),
 )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import hmac
 import json
 import re
@@ -26,14 +25,17 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 
 from . import contact, survey_reports, survey_text, survey_triggers
-from .errors import NotFound, ValidationError
+from .errors import NotFound, Overloaded, ValidationError
 from .store.engine import run
+from .store.reads import GroupRead
 from .store.writer import Rows
 from .survey_reports import campaign_impact as campaign_impact  # re-exported: callers
 from .survey_reports import nps as nps  # import both from here
@@ -71,11 +73,23 @@ _COMMENTED = pa.schema([("invitation_id", pa.string()), ("commented_at", pa.time
 _COMMENTED_SQL = """UPDATE survey_invitations SET commented_at = c.commented_at
     FROM survey_comments c WHERE survey_invitations.invitation_id = c.invitation_id"""
 
+# What Surveys._row says of a row not in memory when it may not read it.
+_UNREAD: dict[str, Any] = {}
+
 # Invitation rows kept in memory (a page, then its post), and answers noted beside them.
 _ROWS_KEPT = 20_000
 _ANSWERED_KEPT = 200_000
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+@dataclass
+class _Write:
+    """An answer's write: its events, its rows of other tables, the invitation's change."""
+
+    calls: list[tuple[str, dict[str, Any], str]]
+    rows: list[Rows]
+    answered: dict[str, Any]
 
 
 def _b64(data: bytes) -> str:
@@ -96,7 +110,9 @@ class Surveys:
         self._answered: dict[str, dict[str, Any]] = {}  # changed by answers since then
         self._generation = 0  # of the two above, bumped by forget()
         self._surveys: dict[str, dict[str, Any]] = {}  # read on every page: cached
+        self._texts: dict[tuple[str | None, str], dict[str, str]] = {}  # (survey, language)
         self._secret: bytes | None = None
+        self._reads = GroupRead(self._read_rows)  # invitation rows, a group at a time
         self.triggers = survey_triggers.Triggers(ws)  # list, pause, resume, remove, evaluate
 
     def _q(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
@@ -120,7 +136,7 @@ class Surveys:
         return self._secret
 
     def _sign(self, text: str) -> str:
-        return _b64(hmac.new(self.secret, text.encode(), hashlib.sha256).digest()[:18])
+        return _b64(hmac.digest(self.secret, text.encode(), "sha256")[:18])
 
     def token(self, invitation_id: str, expires_at: datetime) -> str:
         stamp = int(expires_at.replace(tzinfo=UTC).timestamp())
@@ -167,6 +183,8 @@ class Surveys:
                 "{'question': '...'}}.")
         with self._lock:
             self._surveys.pop(survey_id, None)
+            for key in [k for k in self._texts if k[0] == survey_id]:
+                self._texts.pop(key, None)
             self._exec("DELETE FROM surveys WHERE survey_id = ?", [survey_id])
             self._exec("""INSERT INTO surveys (survey_id, name, kind, scale_min, scale_max,
                     language, company, reasons, translations, created_at, active, sample,
@@ -197,6 +215,10 @@ class Surveys:
 
     def texts(self, survey: dict[str, Any], language: str) -> dict[str, str]:
         """Every string of the survey's page and e-mail in ``language``."""
+        key = (survey.get("survey_id"), language)
+        cached = self._texts.get(key)  # every page needs them: kept while the survey is
+        if cached is not None:
+            return dict(cached)
         s = survey_text.strings(language, survey)
         kind = survey["kind"]
         own = {**(survey["translations"].get(survey["language"]) or {}),
@@ -204,6 +226,8 @@ class Surveys:
         s["question"] = own.get("question") or s.get(f"question_{kind}", "")
         s["low"] = own.get("low") or s.get(f"low_{kind}", "")
         s["high"] = own.get("high") or s.get(f"high_{kind}", "")
+        if key[0] is not None and self._surveys.get(key[0]) == survey:  # as stored
+            self._texts[key] = dict(s)
         return s
 
     # -- invitations ---------------------------------------------------------------------------
@@ -288,13 +312,18 @@ class Surveys:
         token = self.token(row["invitation_id"], row["expires_at"])
         return {**row, "token": token, "link": self.link(token)}
 
-    def invitation(self, token: str) -> tuple[str, dict[str, Any] | None]:
-        """(state, invitation): state is ok, answered, expired or invalid."""
+    def invitation(self, token: str, *, read: bool = True
+                   ) -> tuple[str, dict[str, Any] | None]:
+        """(state, invitation): state is ok, answered, expired or invalid. The signature is
+        checked in memory before anything is read. ``read=False``: the store is not read
+        (for an event loop), and state ``unread`` means the row is not in memory."""
         parts = token.split(".")
         if len(parts) != 3 or not hmac.compare_digest(
                 self._sign(f"{parts[0]}.{parts[1]}"), parts[2]):
             return "invalid", None
-        inv = self._row(parts[0])
+        inv = self._row(parts[0], read)
+        if inv is _UNREAD:
+            return "unread", None
         if inv is None:
             return "invalid", None
         if inv["answered_at"] is not None:
@@ -303,7 +332,7 @@ class Surveys:
             return "expired", inv
         return "ok", inv
 
-    def _row(self, invitation_id: str) -> dict[str, Any] | None:
+    def _row(self, invitation_id: str, read: bool = True) -> dict[str, Any] | None:
         """The invitation's row, with what this process has recorded on it since it was read.
 
         A page and its post read the same row, and everything an answer changes on it goes
@@ -311,15 +340,18 @@ class Surveys:
         ``_ROWS_KEPT``) and what an answer changed is kept beside them (``_answered``, filled
         once the answer is durable): a kept row read before an answer is never taken for
         unanswered. After a restart both are empty and the store says what is answered.
+        Rows not kept are read with those other threads want at the same time
+        (``store.reads.GroupRead``); with ``read=False`` they are not, and ``_UNREAD``
+        stands for them.
         """
         row = self._rows.get(invitation_id)
         if row is None:
+            if not read:
+                return _UNREAD
             generation = self._generation
-            rows = self._q("SELECT * FROM survey_invitations WHERE invitation_id = ?",
-                           [invitation_id])
-            if not rows:
+            row = self._reads.get(invitation_id)
+            if row is None:
                 return None
-            row = rows[0]
             with self._guard:
                 if generation == self._generation:  # not read across a forget()
                     if len(self._rows) >= _ROWS_KEPT:
@@ -329,6 +361,12 @@ class Surveys:
         if done is None:
             return dict(row)  # the kept row stays as read, whatever the caller does
         return {**row, **{k: v for k, v in done.items() if v is not None or row[k] is None}}
+
+    def _read_rows(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        marks = ", ".join("?" * len(ids))
+        rows = self._q(f"SELECT * FROM survey_invitations WHERE invitation_id IN ({marks})",
+                       ids)
+        return {row["invitation_id"]: row for row in rows}
 
     def _recorded(self, invitation_id: str, **changes: Any) -> None:
         """Note what an answer (or its "why") changed on the invitation, once durable."""
@@ -402,40 +440,109 @@ class Surveys:
         invitation_id = token.split(".", 1)[0]
         with self._one_at_a_time(invitation_id):
             state, inv = self.invitation(token)
-            if inv is None or state in ("invalid", "expired"):
-                return {"state": state, "invitation": inv}
-            if csrf is not None and not hmac.compare_digest(self.csrf(token), csrf):
-                raise ValidationError("The form is out of date; reload the survey page.")
-            survey = self.get(inv["survey_id"])
-            if not isinstance(score, int) or not (
-                    survey["scale_min"] <= score <= survey["scale_max"]):
-                raise ValidationError(
-                    f"The score must be a whole number from {survey['scale_min']} to "
-                    f"{survey['scale_max']}.")
-            if state == "answered":
-                if inv["score"] != score:
-                    self._flag(inv, score)
-                return {"state": "answered", "invitation": inv}
-            chosen = [r for r in (reasons or []) if r in (survey["reasons"] or [])]
-            why = (why or "").strip()[:5000] or None
-            now = _now()
-            calls = [self.call(inv, "survey_answered", f"survey-{invitation_id}", {
-                "survey_id": inv["survey_id"], "kind": survey["kind"], "score": score,
-                "why": why, "reasons": chosen, "invitation_id": invitation_id,
-                "trigger": inv["trigger"], "channel": inv["channel"],
-                "language": inv["language"]})]
-            answered = {"answered_at": now, "score": score,
-                        "commented_at": now if why is not None else None}
-            rows = [Rows("survey_answers", _ANSWERED_SQL, _ANSWERED,
-                         [{"invitation_id": invitation_id, **answered}])]
-            case = self.ws.cases.opening(inv, survey["kind"], score, why)
-            if case is not None:
-                calls.append(self.ws.cases.opened_call(inv, case))
-                rows.append(self.ws.cases.rows([case]))
-            self.ws.send_many(calls, rows=rows, own=True)
-            self._recorded(invitation_id, **answered)
-        return {"state": "recorded", "case_id": case["case_id"] if case else None,
-                "invitation": {**inv, "score": score, "commented": why is not None}}
+            result, write = self._answering(token, state, inv, score, why, reasons, csrf)
+            if write is not None:
+                self.ws.send_many(write.calls, rows=write.rows, own=True)
+                self._recorded(invitation_id, **write.answered)
+            elif inv is not None and state == "answered" and inv["score"] != score:
+                self._flag(inv, score)
+        return result
+
+    def start_answer(self, token: str, score: int, why: str | None = None,
+                     reasons: Sequence[str] | None = None,
+                     csrf: str | None = None) -> Future[dict[str, Any]] | None:
+        """:meth:`answer` for an event loop, which must not wait: the answer's write is
+        submitted, and the future (awaited with ``asyncio.wrap_future``) resolves to what
+        :meth:`answer` returns once it is durable and noted, or to what it raises. It
+        cannot be cancelled: a write once submitted is seen through. None when the answer
+        cannot start without waiting: the link's row is not in memory, another post to the
+        link is being recorded, the link is answered, invalid or expired (the page says so,
+        and a second score is flagged in the store), or the writer's queue is full: call
+        :meth:`answer` (in a thread) then. Raises at once as :meth:`answer`."""
+        invitation_id = token.split(".", 1)[0]
+        with self._guard:
+            if invitation_id in self._busy:
+                return None
+            lock = threading.Lock()  # held until the answer is noted (see settle)
+            lock.acquire()
+            self._busy[invitation_id] = (lock, [1])
+
+        def release() -> None:
+            lock.release()  # posts waiting in _one_at_a_time read the state noted now
+            with self._guard:
+                entry = self._busy[invitation_id]
+                entry[1][0] -= 1
+                if not entry[1][0]:
+                    del self._busy[invitation_id]
+
+        try:
+            state, inv = self.invitation(token, read=False)
+            if state != "ok":
+                release()
+                return None
+            result, write = self._answering(token, state, inv, score, why, reasons, csrf)
+            assert write is not None  # an open link is answered by a write
+            written = self.ws.submit_many(write.calls, rows=write.rows, own=True)
+        except Overloaded:
+            release()
+            return None
+        except BaseException:
+            release()
+            raise
+        done: Future[dict[str, Any]] = Future()
+        done.set_running_or_notify_cancel()  # from now on, cancel() is refused
+
+        def settle(future: Future[list[str]]) -> None:  # in the writer's thread
+            try:
+                future.result()
+                self._recorded(invitation_id, **write.answered)
+            except BaseException as exc:  # the caller hears why
+                release()
+                done.set_exception(exc)
+            else:
+                release()
+                done.set_result(result)
+
+        written.add_done_callback(settle)
+        return done
+
+    def _answering(self, token: str, state: str, inv: dict[str, Any] | None, score: int,
+                   why: str | None, reasons: Sequence[str] | None, csrf: str | None
+                   ) -> tuple[dict[str, Any], _Write | None]:
+        """What posting ``score`` to the link (in ``state``) does: the result and, for an
+        open link, the write that records it (not done yet)."""
+        invitation_id = token.split(".", 1)[0]
+        if inv is None or state in ("invalid", "expired"):
+            return {"state": state, "invitation": inv}, None
+        if csrf is not None and not hmac.compare_digest(self.csrf(token), csrf):
+            raise ValidationError("The form is out of date; reload the survey page.")
+        survey = self.get(inv["survey_id"])
+        if not isinstance(score, int) or not (
+                survey["scale_min"] <= score <= survey["scale_max"]):
+            raise ValidationError(
+                f"The score must be a whole number from {survey['scale_min']} to "
+                f"{survey['scale_max']}.")
+        if state == "answered":
+            return {"state": "answered", "invitation": inv}, None
+        chosen = [r for r in (reasons or []) if r in (survey["reasons"] or [])]
+        why = (why or "").strip()[:5000] or None
+        now = _now()
+        calls = [self.call(inv, "survey_answered", f"survey-{invitation_id}", {
+            "survey_id": inv["survey_id"], "kind": survey["kind"], "score": score,
+            "why": why, "reasons": chosen, "invitation_id": invitation_id,
+            "trigger": inv["trigger"], "channel": inv["channel"],
+            "language": inv["language"]})]
+        answered = {"answered_at": now, "score": score,
+                    "commented_at": now if why is not None else None}
+        rows = [Rows("survey_answers", _ANSWERED_SQL, _ANSWERED,
+                     [{"invitation_id": invitation_id, **answered}])]
+        case = self.ws.cases.opening(inv, survey["kind"], score, why)
+        if case is not None:
+            calls.append(self.ws.cases.opened_call(inv, case))
+            rows.append(self.ws.cases.rows([case]))
+        return ({"state": "recorded", "case_id": case["case_id"] if case else None,
+                 "invitation": {**inv, "score": score, "commented": why is not None}},
+                _Write(calls, rows, answered))
 
     def _flag(self, inv: dict[str, Any], score: int) -> None:
         """A different score from an answered link: kept for audit, never counted."""

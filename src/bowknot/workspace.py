@@ -9,6 +9,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,16 @@ class Workspace:
         ``own``: the calls are bowknot's own (a survey answer, a case opened): those plainly
         valid go to the commit as typed rows, without the engine's parse and validation
         (``ingest.typed_track``); deduplicated and durable all the same."""
+        return self.submit_many(calls, rows=rows, own=own, block=True).result()
+
+    def submit_many(self, calls: Sequence[tuple[str, Mapping[str, Any], str]], *,
+                    rows: Sequence[Rows] = (), own: bool = False, block: bool = False
+                    ) -> Future[list[str]]:
+        """:meth:`send_many` without waiting: the future's result is the messageIds, once
+        all of it is durable (or the error :meth:`send` raises). Raises
+        :class:`~bowknot.errors.Overloaded` at once when the writer's queue is full, unless
+        ``block`` (then it waits for room). An event loop awaits the future
+        (``asyncio.wrap_future``) instead of holding a thread for the commit."""
         requests, ids = [], []
         s = self.settings
         for call, payload, source in calls:
@@ -127,9 +138,20 @@ class Workspace:
             requests.append(Request(source, call, raw, origin="library", trusted=True,
                                     typed=typed))
             ids.append(str(body["messageId"]))
-        for out in self.writer.write(Submission(requests, list(rows))):
-            raise_for(out)
-        return ids
+        written = self.writer.submit(Submission(requests, list(rows)), block=block)
+        done: Future[list[str]] = Future()
+
+        def settle(future: Future[list[Outcome]]) -> None:
+            try:
+                for out in future.result():
+                    raise_for(out)
+            except BaseException as exc:  # the caller hears why
+                done.set_exception(exc)
+            else:
+                done.set_result(ids)
+
+        written.add_done_callback(settle)
+        return done
 
     def track(
         self,

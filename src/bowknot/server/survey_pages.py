@@ -4,14 +4,17 @@ the credential), served as a plain ASGI route in front of FastAPI.
 These are the server's busiest requests (every answer is a page GET and a POST), and what
 FastAPI adds to a request, eight middleware layers, the router, dependency resolution and
 ``TemplateResponse``, cost more CPU than rendering the page and recording the answer
-(issue 6; benchmarks/README.md). Here a request is read, handled in a worker thread (an
-answer waits there for its group commit) and answered with the rendered page, nothing more.
+(issue 6; benchmarks/README.md). Here a request is read, handled and answered with the
+rendered page, nothing more: on the event loop when nothing is to be read from the store
+(a page whose invitation is in memory; an answer, which waits for its group commit as a
+future, not in a thread), else in a worker thread.
 Errors keep the API's JSON shape (``app.error_response``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,6 +45,12 @@ _RAW_HEADERS = [(k.lower().encode(), v.encode()) for k, v in
 # (percent-encoded: up to 9 bytes each); a body beyond this is not the page's form.
 MAX_FORM_BYTES = 64 << 10
 
+# Pages rendered once per survey, state and language (see SurveyPages.page), with these
+# stand-ins for a link's own tokens, which are plain: nothing to escape.
+_PLAIN = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_TOKEN, _CSRF = "bk-token-1f0c9e", "bk-csrf-7d2a41"
+_RENDERED_KEPT = 1024
+
 _STATES = {"invalid": ("invalid", 404), "expired": ("expired", 410), "answered": ("used", 200)}
 
 # An answer waits in its thread for the group commit it shares with the others in flight:
@@ -56,6 +65,7 @@ class SurveyPages:
         self.ws = ws
         self._pool: ThreadPoolExecutor | None = None
         self._template = templates.env.get_template("survey.html")
+        self._rendered: dict[tuple[Any, ...], str] = {}  # see page()
 
     def handles(self, scope: Scope) -> bool:
         if scope["type"] != "http":
@@ -80,10 +90,15 @@ class SurveyPages:
         if len(parts) == 1 and parts[0] and method == "GET":
             query = _query(scope)
             score = query["score"][0] if query.get("score") else None
-            status, html = await self._call(self.show, parts[0], score, _lang(scope, query))
+            lang = _lang(scope, query)
+            found = self.ws.surveys.invitation(parts[0], read=False)
+            if found[0] == "unread":  # read from the store, in a thread
+                status, html = await self._call(self.show, parts[0], score, lang)
+            else:
+                status, html = self.show(parts[0], score, lang, found)
         elif len(parts) == 1 and parts[0] and method == "POST":
             fields = await _form(scope, receive)
-            status, html = await self._call(self.answer, parts[0], fields, _lang(scope))
+            status, html = await self._answer(parts[0], fields, _lang(scope))
         elif len(parts) == 2 and parts[0] and parts[1] == "why" and method == "POST":
             fields = await _form(scope, receive)
             status, html = await self._call(self.why, parts[0], fields, _lang(scope))
@@ -94,11 +109,36 @@ class SurveyPages:
             *_RAW_HEADERS, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    # -- the pages (in a worker thread) ----------------------------------------------------
-    def show(self, token: str, score: str | None, lang: tuple[str | None, str | None]
-             ) -> tuple[int, str]:
-        """Show the question; a score from the e-mail is pre-selected. Records nothing."""
-        state, inv = self.ws.surveys.invitation(token)
+    async def _answer(self, token: str, fields: Fields, lang: tuple[str | None, str | None]
+                      ) -> tuple[int, str]:
+        """An answer, on the event loop when it can start without waiting (the usual
+        case: its page was just shown), while it waits for its group commit; else (the
+        link's row to read, a second post to the link, an error to explain) in a thread."""
+        surveys = self.ws.surveys
+        csrf, score, why = (fields.get(name, [""])[0] for name in ("csrf", "score", "why"))
+        if score.strip().isdigit():
+            try:
+                pending = surveys.start_answer(token, int(score), why, fields.get("reasons"),
+                                               csrf)
+            except ValidationError:
+                pending = None  # the thread's answer explains it
+            if pending is not None:
+                try:
+                    out = await asyncio.wrap_future(pending)
+                except ValidationError as exc:
+                    refused: tuple[int, str] = await self._call(self.refused, token, exc,
+                                                                lang, int(score))
+                    return refused
+                return self.answered(token, out, lang)
+        result: tuple[int, str] = await self._call(self.answer, token, fields, lang)
+        return result
+
+    # -- the pages (in a worker thread, or on the loop when nothing is to be read) ---------
+    def show(self, token: str, score: str | None, lang: tuple[str | None, str | None],
+             found: tuple[str, dict[str, Any] | None] | None = None) -> tuple[int, str]:
+        """Show the question; a score from the e-mail is pre-selected. Records nothing.
+        ``found``: the link's state and invitation, if already known."""
+        state, inv = self.ws.surveys.invitation(token) if found is None else found
         if state in _STATES:
             name, status = _STATES[state]
             return self.page(token, name, inv, lang, status)
@@ -119,9 +159,18 @@ class SurveyPages:
         try:  # one call: the link's state is read once, and the answer is one write
             out = surveys.answer(token, int(score), why, fields.get("reasons"), csrf)
         except ValidationError as exc:
-            state, inv = surveys.invitation(token)
-            return self.page(token, "form", inv, lang, 400, error=exc.message,
-                             chosen=int(score))
+            return self.refused(token, exc, lang, int(score))
+        return self.answered(token, out, lang)
+
+    def refused(self, token: str, exc: ValidationError, lang: tuple[str | None, str | None],
+                score: int) -> tuple[int, str]:
+        """The form again, saying why the answer was refused."""
+        state, inv = self.ws.surveys.invitation(token)
+        return self.page(token, "form", inv, lang, 400, error=exc.message, chosen=score)
+
+    def answered(self, token: str, out: dict[str, Any], lang: tuple[str | None, str | None]
+                 ) -> tuple[int, str]:
+        """The page after a post (``out``: what ``Surveys.answer`` returned)."""
         inv = out["invitation"]
         if out["state"] in ("invalid", "expired"):
             name, status = _STATES[out["state"]]
@@ -160,12 +209,27 @@ class SurveyPages:
         else:
             language = survey_text.pick_language(wanted or accept,
                                                  list(survey_text.LANGUAGES), "en")
+        key = None
+        if inv is not None and extra.get("error") is None and _PLAIN.match(token):
+            # The same page for every link of a survey but for the link's token and CSRF
+            # token (plain ASCII, the same escaped or not): rendered once, filled in.
+            key = (state, inv["survey_id"], survey["created_at"], language, status,
+                   tuple(sorted(extra.items())))
+            html = self._rendered.get(key)
+            if html is not None:
+                return status, html.replace(_TOKEN, token).replace(_CSRF, surveys.csrf(token))
         ctx = {"t": surveys.texts(survey, language), "lang": language,
                "dir": survey_text.direction(language), "state": state, "token": token,
                "csrf": surveys.csrf(token), "low": survey["scale_min"],
                "high": survey["scale_max"], "reasons": survey["reasons"] or [],
                "chosen": None, "error": None, "ask_why": False, **extra}
-        return status, self._template.render(ctx)
+        if key is None:
+            return status, self._template.render(ctx)
+        html = self._template.render({**ctx, "token": _TOKEN, "csrf": _CSRF})
+        if len(self._rendered) >= _RENDERED_KEPT:
+            self._rendered.clear()
+        self._rendered[key] = html
+        return status, html.replace(_TOKEN, token).replace(_CSRF, ctx["csrf"])
 
 
 def _query(scope: Scope) -> Fields:

@@ -28,7 +28,7 @@ from .. import ingest
 from ..errors import Overloaded
 from ..settings import Settings
 from .engine import Store, run
-from .keys import KeyIndex
+from .keys import KeyIndex, engine_hash_matches, event_keys
 
 log = logging.getLogger("bowknot.writer")
 
@@ -143,6 +143,7 @@ class Writer:
         self._ahead = threading.Semaphore(1)
         self._unfolded_bytes = 0  # imported since the last checkpoint
         self._keys: KeyIndex | None = None  # loaded by the commit thread on first use
+        self._hash_in_numpy: bool | None = None  # keys.event_keys matches the engine
         self._prepared_by_con: dict[int, _Statements] = {}
         self.commits = 0
         # Privacy suppression (set by the workspace): a statement that drops a load's events
@@ -407,12 +408,19 @@ class Writer:
 
     def _typed(self, con: Any, rows: list[dict[str, Any]]) -> pa.Table:
         """Staged rows of the library's typed events, with their deduplication keys: the
-        engine's ``hash(source, message_id)``, as for every event, in one small prepared
-        statement (no JSON is parsed)."""
+        engine's ``hash(source, message_id)``, as for every event, computed in NumPy (or,
+        should this engine hash differently, in one small prepared statement); no JSON is
+        parsed."""
         table = pa.Table.from_pylist(rows, schema=STAGED_SCHEMA.remove(
             STAGED_SCHEMA.get_field_index("key")))
-        keys = self._statements(con).query(_KEY_SQL, {"typed_keys": table.select(
-            ["source", "message_id"])}).column("key")
+        if self._hash_in_numpy is None:  # the same hash as this engine's? checked once
+            self._hash_in_numpy = engine_hash_matches(con)
+        if self._hash_in_numpy:  # computed here: no statement (keys.event_keys)
+            keys: pa.Array | pa.ChunkedArray = pa.array(event_keys(
+                table.column("source"), table.column("message_id")), pa.uint64())
+        else:
+            keys = self._statements(con).query(_KEY_SQL, {"typed_keys": table.select(
+                ["source", "message_id"])}).column("key")
         return table.append_column(STAGED_SCHEMA.field("key"), keys)
 
     def _statements(self, con: Any) -> _Statements:
