@@ -190,6 +190,31 @@ def test_every_trait_strategy(tmp_path: Path) -> None:
         assert ws.persons.get("u1")["traits"].get("plan") is None  # latest, even empty
 
 
+def test_traits_from_several_events_and_identifiers_in_one_build(tmp_path: Path) -> None:
+    """A full build combines traits within an identifier (two identifies of one anonymous id)
+    and across the identifiers of a person (then a user id), like incremental builds do."""
+    strategies = "plan=latest, city=latest_non_empty, since=first, credits=sum, tags=union"
+    with bowknot.connect(tmp_path / "w.duckdb", profile_trait_strategies=strategies) as ws:
+        ws.identify(anonymous_id="a1", traits={"plan": "basic", "since": "2020",
+                                               "credits": 2, "tags": ["b"]}, timestamp=ts(1))
+        ws.identify(anonymous_id="a1", traits={"city": "Porto", "since": "2021", "credits": 3,
+                                               "tags": ["a", "b"]}, timestamp=ts(2))
+        ws.identify("u1", anonymous_id="a1", traits={"plan": "gold", "city": "", "credits": 5,
+                                                     "tags": "c"}, timestamp=ts(3))
+        ws.identify("u2", traits={"plan": "solo"}, timestamp=ts(3))  # one event: as it is
+        ws.build(full=True)
+        traits = ws.persons.get("u1")["traits"]
+        assert traits["plan"] == "gold"
+        assert traits["city"] == "Porto"
+        assert traits["since"] == "2020"
+        assert traits["credits"] == 10
+        assert traits["tags"] == ["a", "b", "c"]
+        assert ws.persons.get("u2")["traits"] == {"plan": "solo"}
+        # One partial per identifier and trait: a1's two identifies are combined.
+        assert ws.sql("""SELECT count(*) AS n FROM trait_stats t JOIN identities i USING (node)
+                         WHERE i.id_value = 'a1' AND t.trait = 'since'""")[0]["n"] == 1
+
+
 def test_lifecycle_stages_and_features(tmp_path: Path) -> None:
     with bowknot.connect(tmp_path / "w.duckdb", at_risk_days=30) as ws:
         ws.page("Home", anonymous_id="visitor", timestamp=ts(1))

@@ -177,28 +177,38 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
             GROUP BY node""")
         run(con, "DELETE FROM node_stats WHERE node IN (SELECT node FROM b_stats)")
         run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_merged")
-    # Traits: one row per (identifier, trait) with its strategy's partial.
-    traits = f"""WITH kv AS (
+    # Traits: one row per (identifier, trait) with its strategy's partial. Most identifiers
+    # have one traits object (one identify call): their rows are partials as they are, and
+    # only identifiers with several objects go through the aggregation (same result).
+    union_vals = """CASE WHEN json_type(v) = 'ARRAY' THEN json_extract(v, '$[*]')::VARCHAR[]
+                         WHEN v::VARCHAR IN ('null', '""') THEN [] ELSE [v::VARCHAR] END"""
+    total = "CASE WHEN strategy = 'sum' THEN TRY_CAST(v::VARCHAR AS DECIMAL(38, 4)) END"
+    traits = f"""WITH ev AS (
+          SELECT hash(ids[1].t, ids[1].v) AS node, trs FROM b_tup WHERE len(trs) > 0),
+        several AS (SELECT node FROM ev GROUP BY node HAVING sum(len(trs)) > 1),
+        kv AS MATERIALIZED (
           SELECT node, CASE WHEN strategy = 'first' THEN -o ELSE o END AS o, trait, v,
-                 strategy
-          FROM (SELECT node, o, kv.key AS trait, {strategy_case(settings, 'kv.key')}
-                         AS strategy, coalesce(kv.value, 'null'::JSON) AS v
+                 strategy, grouped
+          FROM (SELECT node, o, grouped, kv.key AS trait,
+                       {strategy_case(settings, 'kv.key')} AS strategy,
+                       coalesce(kv.value, 'null'::JSON) AS v
                 -- one parse per traits object (a JSON null value comes back as NULL)
-                FROM (SELECT node, t.o AS o, unnest(map_entries(try(json_transform(
+                FROM (SELECT node, t.o AS o, grouped, unnest(map_entries(try(json_transform(
                                t.tr, '"MAP(VARCHAR, JSON)"')))) AS kv
-                      FROM (SELECT hash(ids[1].t, ids[1].v) AS node, unnest(trs) AS t
-                            FROM b_tup WHERE len(trs) > 0)))
+                      FROM (SELECT node, unnest(trs) AS t,
+                                   node IN (SELECT node FROM several) AS grouped
+                            FROM ev)))
           WHERE strategy <> 'latest_non_empty'
              OR v::VARCHAR NOT IN ('null', '""', '[]', '{{}}'))
-        SELECT node, trait, max(o) AS o, arg_max(v, o) AS v,
-               sum(CASE WHEN strategy = 'sum' THEN TRY_CAST(v::VARCHAR AS DECIMAL(38, 4))
-                   END) AS total,
-               list_sort(list_distinct(flatten(list(CASE WHEN strategy = 'union' THEN
-                 CASE WHEN json_type(v) = 'ARRAY' THEN json_extract(v, '$[*]')::VARCHAR[]
-                      WHEN v::VARCHAR IN ('null', '""') THEN []
-                      ELSE [v::VARCHAR] END END) FILTER (WHERE strategy = 'union'))))
-                 AS vals
-        FROM kv GROUP BY node, trait"""
+        SELECT node, trait, o, v, {total} AS total,
+               CASE WHEN strategy = 'union' THEN list_sort(list_distinct(flatten(
+                 [{union_vals}]))) END AS vals
+        FROM kv WHERE NOT grouped
+        UNION ALL
+        SELECT node, trait, max(o) AS o, arg_max(v, o) AS v, sum({total}) AS total,
+               list_sort(list_distinct(flatten(list({union_vals})
+                 FILTER (WHERE strategy = 'union')))) AS vals
+        FROM kv WHERE grouped GROUP BY node, trait"""
     run(con, f"CREATE OR REPLACE TEMP TABLE b_tr AS {traits}")
     if full:
         run(con, "INSERT INTO trait_stats SELECT * FROM b_tr")
@@ -238,16 +248,27 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                min(first_seen) FILTER (WHERE id_type <> 'anonymous_id'),
                count(*), min(cluster)
         FROM b_pnodes GROUP BY person_id""")
+    # A person whose traits come from one identifier (most) takes that identifier's
+    # partials as they are; only persons with several go through the aggregation.
     run(con, f"""INSERT INTO person_traits
+        WITH pn AS MATERIALIZED (
+          SELECT i.person_id, i.node FROM b_pnodes i SEMI JOIN trait_stats t USING (node)),
+        several AS (SELECT person_id FROM pn GROUP BY person_id HAVING count(*) > 1),
+        tp AS MATERIALIZED (
+          SELECT p.person_id, p.person_id IN (SELECT person_id FROM several) AS grouped, t.*
+          FROM pn p JOIN trait_stats t USING (node))
         SELECT person_id, trait,
                CASE strategy WHEN 'sum' THEN total::DOUBLE::VARCHAR::JSON
                     WHEN 'union' THEN ('[' || array_to_string(vals, ',') || ']')::JSON
                     ELSE v END,
                strategy
         FROM (SELECT *, {strategy_case(settings, 'trait')} AS strategy
-              FROM (SELECT i.person_id, t.trait, {TRAIT_COMBINE}
-                    FROM b_pnodes i JOIN trait_stats t USING (node)
-                    GROUP BY i.person_id, t.trait))""")
+              FROM (SELECT person_id, trait, o, v, total,
+                           list_sort(list_distinct(vals)) AS vals
+                    FROM tp WHERE NOT grouped
+                    UNION ALL
+                    SELECT person_id, trait, {TRAIT_COMBINE}
+                    FROM tp WHERE grouped GROUP BY person_id, trait))""")
     run(con, """INSERT INTO profile_features
         WITH f AS (
           SELECT i.person_id, sum(s.events) AS events, sum(s.pages) AS pages,
