@@ -10,9 +10,11 @@ from scratch and compares the result with the previous state, so it logs what ch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +62,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
 _PARTIALS = ("id_nodes", "id_edges", "node_stats", "trait_stats", "event_fallback")
 # The hash that makes node ids; a DuckDB upgrade that changed it forces a full build.
 _HASH_PROBE = "SELECT hash('bowknot', 'node')::VARCHAR"
+# The writer counts as paused after this long without work (see Builder._wait_for_pause).
+_QUIET_SECONDS = 0.1
 
 
 @dataclass
@@ -239,7 +243,13 @@ class Builder:
         self._thread.start()
 
     def _loop(self, interval: float) -> None:
+        # Collection answers only after its commit: the build (seconds of work on every
+        # core) runs at a lower priority than the threads that serve and commit requests.
+        with contextlib.suppress(AttributeError, OSError):  # Linux: per-thread priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           os.getpriority(os.PRIO_PROCESS, 0) + 10)
         while not self._stop.wait(interval):
+            self._wait_for_pause()
             try:
                 result = self.build()
                 self.last_error = None
@@ -249,6 +259,17 @@ class Builder:
             except Exception as exc:  # keep serving; the error is visible in the overview
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("background build failed")
+
+    def _wait_for_pause(self) -> None:
+        """While collection is busy, wait for a pause in the writer's work, at most
+        ``build_max_delay_seconds``: under sustained load builds then come less often and
+        take larger steps (a build's cost is mostly fixed), so fewer requests are answered
+        while one competes for the cores."""
+        writer = self.ws.writer
+        deadline = time.monotonic() + float(self.ws.settings.build_max_delay_seconds)
+        while (writer.backlogged(_QUIET_SECONDS) and time.monotonic() < deadline
+               and not self._stop.wait(_QUIET_SECONDS)):
+            pass
 
     def stop(self) -> None:
         self._stop.set()

@@ -226,6 +226,13 @@ SETTINGS: tuple[Setting, ...] = (
         "How often `bowknot serve` brings derived tables up to date.",
         float,
     ),
+    Setting(
+        "build_max_delay_seconds",
+        10.0,
+        "While collection is busy, how long `bowknot serve`'s background build may wait for "
+        "a pause in the writer's work before it runs anyway (0: never waits).",
+        float,
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

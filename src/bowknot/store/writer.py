@@ -145,6 +145,11 @@ class Writer:
         self._keys: KeyIndex | None = None  # loaded by the commit thread on first use
         self._prepared_by_con: dict[int, _Statements] = {}
         self.commits = 0
+        # When the writer last had work (a group taken or committed): the background build
+        # waits for a pause (see backlogged).
+        self._active_at = time.monotonic()
+        self._in_flight = 0  # groups taken and not yet answered
+        self._warm = [threading.Event(), threading.Event()]  # each stage's start-up done
         # Privacy suppression (set by the workspace): a statement that drops a load's events
         # of suppressed identifiers, run only while there are suppressions.
         self.suppress_sql: str | None = None
@@ -190,6 +195,16 @@ class Writer:
             self._cond.notify_all()
         return sub.future
 
+    def backlogged(self, quiet: float) -> bool:
+        """Whether requests wait, or the writer had work within the last ``quiet`` seconds."""
+        return (bool(self._queue) or self._in_flight > 0
+                or time.monotonic() - self._active_at < quiet)
+
+    def wait_warm(self, timeout: float) -> bool:
+        """Wait until both stages have warmed up (statements prepared, keys read)."""
+        deadline = time.monotonic() + timeout
+        return all(e.wait(max(0.0, deadline - time.monotonic())) for e in self._warm)
+
     def write(self, sub: Submission) -> list[ingest.Outcome]:
         """Submit and wait for the durable outcome."""
         return self.submit(sub, block=True).result()
@@ -233,6 +248,7 @@ class Writer:
                     group.append(nxt)
                     size += nxt.size
             self._queued_bytes -= size
+            self._in_flight += 1
             self._cond.notify_all()
             return group
 
@@ -247,6 +263,7 @@ class Writer:
             Writer._prepare(self, con, [Submission()])  # the class's, even if patched (tests)
         except Exception:
             log.exception("warming up the writer failed")
+        self._warm[0].set()
         try:
             while True:
                 self._ahead.acquire()  # released when the commit stage takes a group
@@ -266,6 +283,7 @@ class Writer:
                     prepared = self._prepare(con, group)
                 except BaseException as exc:  # every waiter must hear back
                     log.exception("preparing a group failed")
+                    self._answered()
                     for sub in group:
                         sub.future.set_exception(exc)
                     self._ahead.release()  # nothing went to the commit stage
@@ -283,6 +301,7 @@ class Writer:
             self._key_index(con)  # read the stored keys before the first commit needs them
         except Exception:
             log.exception("reading the stored keys failed")
+        self._warm[1].set()
         while (prepared := self._ready.get()) is not None:
             # While a large group commits, the next one is parsed (both stages busy). After a
             # small one, the next group is taken once this commit is done, with every request
@@ -298,15 +317,22 @@ class Writer:
                 log.exception("group commit failed")
                 with contextlib.suppress(Exception):  # no transaction may be open
                     run(con, "ROLLBACK")
+                self._answered()
                 for sub in prepared.group:
                     sub.future.set_exception(exc)
                 continue
             finally:
                 if not early:
                     self._ahead.release()
+            self._answered()
             for sub, outs in zip(prepared.group, outcomes, strict=True):
                 sub.future.set_result(outs)
         con.close()
+
+    def _answered(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._active_at = time.monotonic()
 
     def _prepare(self, con: Any, group: list[Submission]) -> _Prepared:
         now = datetime.now(UTC).replace(tzinfo=None)
