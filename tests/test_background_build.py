@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -18,16 +19,18 @@ def test_background_build_waits_for_a_pause_in_collection_at_most_the_max_delay(
         builds: list[tuple[float, BuildResult]] = []
         ws.builder.hooks.append(lambda r: builds.append((time.monotonic(), r)))
         stop = threading.Event()
-        sent = 0
+        numbers = itertools.count()
 
         def collect() -> None:  # one commit after another: the writer never pauses
-            nonlocal sent
             while not stop.is_set():
-                ws.track("Viewed", user_id=f"u{sent % 50}", properties={"n": sent})
-                sent += 1
+                n = next(numbers)
+                ws.track("Viewed", user_id=f"u{n % 50}", properties={"n": n})
 
-        collector = threading.Thread(target=collect)
-        collector.start()
+        # Two senders, so a request waits while the other's commits (no pause on a busy
+        # machine either).
+        collectors = [threading.Thread(target=collect) for _ in range(2)]
+        for collector in collectors:
+            collector.start()
         time.sleep(0.3)  # collection is under way before the builder starts
         started = time.monotonic()
         ws.builder.start(ws.settings.build_interval_seconds)
@@ -40,7 +43,8 @@ def test_background_build_waits_for_a_pause_in_collection_at_most_the_max_delay(
             first = min(t for t, r in builds if not r.skipped)
             assert first - started >= 0.9  # it waited for a pause, up to the max delay
             stop.set()
-            collector.join()
+            for collector in collectors:
+                collector.join()
             # Collection paused: the next build follows within the interval and brings the
             # persons up to date with everything sent.
             latest = ws.sql("SELECT max(load_id) AS n FROM loads")[0]["n"]
@@ -51,5 +55,5 @@ def test_background_build_waits_for_a_pause_in_collection_at_most_the_max_delay(
         finally:
             stop.set()
             ws.builder.stop()
-        assert sent > 20
+        assert next(numbers) > 20
         assert ws.sql("SELECT count(*) AS n FROM persons")[0]["n"] == 50
