@@ -503,10 +503,12 @@ class Writer:
             # keeping the chunk's order lets the insert's threads write apart (a sixth less
             # CPU for the insert, measured). This connection only, this statement only.
             run(con, "SET preserve_insertion_order = false")
-        stmts.execute(ingest.INSERT_EVENTS_SQL, {"classified": classified}, prepared=not large,
-                      load_id=load_id)
-        if large:
-            run(con, "RESET preserve_insertion_order")
+        try:
+            stmts.execute(ingest.INSERT_EVENTS_SQL, {"classified": classified},
+                          prepared=not large, load_id=load_id)
+        finally:
+            if large:
+                run(con, "RESET preserve_insertion_order")
         # Rows go with their submission's events: not written if one of those was refused.
         refused = set(staged.column("req").to_numpy()[outcome >= 2].tolist())
         side: dict[tuple[str, str], tuple[pa.Schema, list[dict[str, Any]]]] = {}
