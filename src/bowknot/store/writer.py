@@ -317,6 +317,8 @@ class Writer:
                 log.exception("group commit failed")
                 with contextlib.suppress(Exception):  # no transaction may be open
                     run(con, "ROLLBACK")
+                with contextlib.suppress(Exception):  # an import chunk's insert may have failed
+                    run(con, "RESET preserve_insertion_order")
                 self._answered()
                 for sub in prepared.group:
                     sub.future.set_exception(exc)
@@ -503,12 +505,10 @@ class Writer:
             # keeping the chunk's order lets the insert's threads write apart (a sixth less
             # CPU for the insert, measured). This connection only, this statement only.
             run(con, "SET preserve_insertion_order = false")
-        try:
-            stmts.execute(ingest.INSERT_EVENTS_SQL, {"classified": classified},
-                          prepared=not large, load_id=load_id)
-        finally:
-            if large:
-                run(con, "RESET preserve_insertion_order")
+        stmts.execute(ingest.INSERT_EVENTS_SQL, {"classified": classified}, prepared=not large,
+                      load_id=load_id)
+        if large:
+            run(con, "RESET preserve_insertion_order")  # if the insert fails: _run_commits
         # Rows go with their submission's events: not written if one of those was refused.
         refused = set(staged.column("req").to_numpy()[outcome >= 2].tolist())
         side: dict[tuple[str, str], tuple[pa.Schema, list[dict[str, Any]]]] = {}
