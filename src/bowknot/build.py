@@ -10,9 +10,11 @@ from scratch and compares the result with the previous state, so it logs what ch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +62,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
 _PARTIALS = ("id_nodes", "id_edges", "node_stats", "trait_stats", "event_fallback")
 # The hash that makes node ids; a DuckDB upgrade that changed it forces a full build.
 _HASH_PROBE = "SELECT hash('bowknot', 'node')::VARCHAR"
+# The writer counts as paused after this long without work (see Builder._wait_for_pause).
+_QUIET_SECONDS = 0.1
 
 
 @dataclass
@@ -121,12 +125,9 @@ def _set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
 
 # A background build costs about 0.1 s of CPU however few events it brings in (measured:
 # 105-160 ms for 17 to 3,274 new events), a fixed cost that live writes pay for when they
-# share the cores: at 1,000 survey answers/s, builds every 2 s took ~5 % of an answer's CPU
-# (issue 6). While the writer commits at least _BUSY_COMMITS_PER_S groups a second, a build
-# waits, up to _DEFER_INTERVALS intervals; it still runs, so under load derived tables are
-# at most that much later.
-_DEFER_INTERVALS = 4
-_BUSY_COMMITS_PER_S = 10
+# share the cores (at 1,000 survey answers/s, builds every 2 s took ~5 % of an answer's CPU),
+# and while one ran, acknowledgements waited (every request over 100 ms at 32 clients fell in
+# a build, traced): see Builder._wait_for_pause.
 
 
 class Builder:
@@ -249,16 +250,13 @@ class Builder:
         self._thread.start()
 
     def _loop(self, interval: float) -> None:
-        mark = (time.monotonic(), self._commits())
+        # Collection answers only after its commit: the build (seconds of work on every
+        # core) runs at a lower priority than the threads that serve and commit requests.
+        with contextlib.suppress(AttributeError, OSError):  # Linux: per-thread priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           os.getpriority(os.PRIO_PROCESS, 0) + 10)
         while not self._stop.wait(interval):
-            # Live writes first: while the writer commits back to back, the build waits
-            # (see _DEFER_INTERVALS), checking again every step.
-            deadline = time.monotonic() + _DEFER_INTERVALS * interval
-            while self._busy(mark) and time.monotonic() < deadline:
-                mark = (time.monotonic(), self._commits())
-                if self._stop.wait(min(interval, 0.5)):
-                    return
-            mark = (time.monotonic(), self._commits())
+            self._wait_for_pause()
             try:
                 result = self.build()
                 self.last_error = None
@@ -269,15 +267,16 @@ class Builder:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("background build failed")
 
-    def _commits(self) -> int:
-        writer = self.ws._writer  # not started for this: no writer, no writes to wait for
-        return 0 if writer is None else int(writer.commits)
-
-    def _busy(self, mark: tuple[float, int]) -> bool:
-        """Whether the writer has committed ``_BUSY_COMMITS_PER_S`` groups a second or more
-        since ``mark`` (a time and the commit count then)."""
-        seconds = time.monotonic() - mark[0]
-        return seconds > 0 and (self._commits() - mark[1]) / seconds >= _BUSY_COMMITS_PER_S
+    def _wait_for_pause(self) -> None:
+        """While collection is busy, wait for a pause in the writer's work, at most
+        ``build_max_delay_seconds``: under sustained load builds then come less often and
+        take larger steps (a build's cost is mostly fixed), so fewer requests are answered
+        while one competes for the cores."""
+        writer = self.ws.writer
+        deadline = time.monotonic() + float(self.ws.settings.build_max_delay_seconds)
+        while (writer.backlogged(_QUIET_SECONDS) and time.monotonic() < deadline
+               and not self._stop.wait(_QUIET_SECONDS)):
+            pass
 
     def stop(self) -> None:
         self._stop.set()

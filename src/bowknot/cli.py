@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
 from collections.abc import Iterator
@@ -81,18 +80,11 @@ def serve(db: Path, host: str, port: int, log_level: str) -> None:
     from .server import create_app
 
     with workspace(db) as ws:
-        app = create_app(ws, background_build=True)
         ws.writer  # noqa: B018 -- start (and warm up) the writer before the first request
-        # Everything loaded so far lives as long as the server: frozen, it is left out of the
-        # garbage collector's full passes, which otherwise paused every thread for ~50 ms
-        # every couple of seconds under load (p99 at 32 clients: 117 -> 62 ms, measured).
-        gc.collect()
-        gc.freeze()
-        # A request allocates a few hundred objects, nearly all gone when it is answered:
-        # the default young-generation threshold (700) ran a collection every few requests.
-        # Rarer ones cost less in all (server CPU per survey answer -4 %, measured), and the
-        # older generations are still collected, after 20 and 200 young collections.
-        gc.set_threshold(50_000, 20, 10)
+        # The app freezes the start-up objects out of the garbage collector once the writer
+        # is warm (full passes paused every thread for ~50 ms every couple of seconds under
+        # load: p99 at 32 clients 117 -> 62 ms, measured).
+        app = create_app(ws, background_build=True, freeze_gc=True)
         click.echo(f"bowknot serving {db} on http://{host}:{port}  (API docs: /docs)")
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
@@ -498,7 +490,7 @@ def demo_serve(db: Path, scale: int, host: str, port: int) -> None:
         click.echo(f"  API docs:                {url}/docs")
         click.echo("")
         sys.stdout.flush()
-        uvicorn.run(create_app(ws, background_build=True), host=host, port=port,
+        uvicorn.run(create_app(ws, background_build=True, freeze_gc=True), host=host, port=port,
                     log_level="warning", access_log=False)
 
 

@@ -29,6 +29,7 @@ from .store.writer import ITEM_SCHEMA, Submission
 from .workspace import Workspace
 
 FORMATS = ("jsonl", "csv", "parquet")
+_IN_FLIGHT = 3  # chunks submitted and not yet committed (see import_file)
 SPEC_COLUMNS = {
     "type", "event", "name", "userId", "anonymousId", "messageId", "timestamp",
     "originalTimestamp", "sentAt", "receivedAt", "groupId", "previousId", "source",
@@ -186,8 +187,10 @@ def import_file(ws: Workspace, path: str | Path, *, source: str = "import",
         if progress:
             progress(result.bytes, result.rows)
 
-    # The writer parses chunk k+1 while it commits chunk k, so two chunks are in flight;
-    # waiting for the older one before reading on bounds memory to about three chunks.
+    # The writer parses chunk k+1 while it commits chunk k, and chunk k+2 is read meanwhile
+    # (it waits in the writer's queue): three chunks in flight, so no stage waits for the
+    # file to be read; waiting for the oldest before reading on bounds memory to about four
+    # chunks.
     for lines, numbers, nbytes in chunks:
         result.bytes += nbytes
         if not len(lines):
@@ -195,7 +198,7 @@ def import_file(ws: Workspace, path: str | Path, *, source: str = "import",
         sub = Submission(items=_items(lines, numbers, source, path.name), full_dedupe=True,
                          batch_limit=False)
         pending.append((ws.writer.submit(sub, block=True), len(lines)))
-        if len(pending) > 1:
+        if len(pending) > _IN_FLIGHT - 1:
             settle(*pending.popleft())
     while pending:
         settle(*pending.popleft())

@@ -223,8 +223,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "build_interval_seconds",
         2.0,
-        "How often `bowknot serve` brings derived tables up to date (while the writer "
-        "commits 10 or more groups a second, up to 4 intervals later).",
+        "How often `bowknot serve` brings derived tables up to date.",
+        float,
+    ),
+    Setting(
+        "build_max_delay_seconds",
+        10.0,
+        "While collection is busy, how long `bowknot serve`'s background build may wait for "
+        "a pause in the writer's work before it runs anyway (0: never waits).",
         float,
     ),
 )
