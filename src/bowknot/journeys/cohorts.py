@@ -59,12 +59,13 @@ class Cohort:
         """Every person who did A: ``person_id``, ``entered_at``, ``converted``."""
         ev = engine.events()
         a = ev.filter(self.did.predicate(engine, ev))
-        a = a.group_by(a.person_id).aggregate(entered_at=a.ts.min())
-        b = ev.filter(self.did_not.predicate(engine, ev)).select(bpid=ev.person_id, tb=ev.ts)
-        converted = a.semi_join(b, [a.person_id == b.bpid, b.tb > a.entered_at,
+        # Matched on the person numbers (pkey): integer joins instead of text ones.
+        a = a.group_by(a.pkey).aggregate(person_id=a.person_id.max(), entered_at=a.ts.min())
+        b = ev.filter(self.did_not.predicate(engine, ev)).select(bkey=ev.pkey, tb=ev.ts)
+        converted = a.semi_join(b, [a.pkey == b.bkey, b.tb > a.entered_at,
                                     b.tb <= a.entered_at + ibis.interval(seconds=self.within)])
-        flagged = converted.select(cpid=converted.person_id, converted=ibis.literal(True))
-        j = a.left_join(flagged, a.person_id == flagged.cpid)
+        flagged = converted.select(ckey=converted.pkey, converted=ibis.literal(True))
+        j = a.left_join(flagged, a.pkey == flagged.ckey)
         return j.select(person_id=j.person_id, entered_at=j.entered_at,
                         converted=j.converted.fill_null(False))
 
