@@ -65,7 +65,7 @@ class Transitions:
                              probability_in=taken / edges.transitions.sum().over(in_w))
         # The step labels of the numbers (one row per label).
         ev = engine.events()
-        labels = ev.group_by(ev.ekey).aggregate(label=ev.event.max())
+        labels = ev.group_by(ev.ekey).aggregate(label=ev.event.arbitrary())
         a = labels.select(akey=labels.ekey, a=labels.label)
         b = labels.select(bkey=labels.ekey, b=labels.label)
         j = edges.inner_join(a, edges.ekey == a.akey).inner_join(b, edges.to == b.bkey)
