@@ -75,14 +75,15 @@ def export(ws: Any, path: Path) -> None:
 
 
 def demo_source(events: int, folder: Path = DATA) -> tuple[Path, bool]:
-    """The demo's JSON Lines for ``events`` events, and whether it was written just now.
+    """The demo's JSON Lines for ``events`` events, and whether it is the harness's own
+    gzipped one (written by this or an earlier run), which the import may remove.
 
     A new one is written gzipped (level 1: about 15 % of the plain size; at 100 M events
     7 GB instead of 46 GB, which did not fit the disk); the importer reads it as it is."""
     for where in (folder, DATA, CACHED):
         for name in (f"demo-{events}.jsonl", f"demo-{events}.jsonl.gz"):
             if (where / name).exists():
-                return where / name, False
+                return where / name, name.endswith(".gz")
     from bowknot import demo
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,8 @@ def prepare(events: int, folder: Path = DATA) -> tuple[Path, Path]:
         ws.close()
         tmp.rename(db)
         if written and events > TIERS["M"]:
-            # The workspace is the cache; the file (7 GB at L) can be written again.
+            # The workspace is the cache (15 GB at L); the file (7 GB at L) can be written
+            # again, and both did not fit the disk beside the Parquet export.
             source.unlink()
     import bowknot as bk
 

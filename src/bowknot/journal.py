@@ -64,8 +64,7 @@ def refresh(ws: Workspace) -> bool:
         run(con, "DROP TABLE IF EXISTS journey_events")
         run(con, TABLE)
         # ``pkey`` numbers the persons and ``ekey`` the step labels, both in text order, so
-        # windows, joins and distinct counts run on integers instead of text (at 20 M
-        # events: a transition graph's distinct persons per edge 4x faster); the rows are
+        # windows, joins and distinct counts run on integers instead of text; the rows are
         # in (person, time) order, which is also (pkey, ts, seq) order.
         run(con, f"""INSERT INTO journey_events
             WITH e AS (SELECT {COLUMNS} FROM person_events WHERE person_id IS NOT NULL),
