@@ -69,6 +69,16 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     assert payloads(10_000, 7) == payloads(10_000, 7) != payloads(10_000, 8)
 
 
+def test_a_gz_name_writes_the_same_lines_gzipped(tmp_path: Path) -> None:
+    import gzip
+
+    plain, zipped = tmp_path / "d.jsonl", tmp_path / "d.jsonl.gz"
+    assert demo.write_jsonl(zipped, 10_000, seed=7) == demo.write_jsonl(plain, 10_000, seed=7)
+    assert zipped.read_bytes()[:2] == b"\x1f\x8b"  # gzip's magic number
+    assert zipped.stat().st_size < plain.stat().st_size / 3
+    assert gzip.decompress(zipped.read_bytes()) == plain.read_bytes()
+
+
 def test_row_count_is_within_ten_percent(story: duckdb.DuckDBPyConnection) -> None:
     assert abs(len(payloads(1_000, 7)) - 1_000) <= 100
     assert abs(len(payloads(10_000, 7)) - 10_000) <= 1_000

@@ -10,12 +10,14 @@ pure function of (events, seed). The planted truths are in `TRUTHS`, explained i
 from __future__ import annotations
 
 import functools
+import gzip
+import io
 import json
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -678,7 +680,7 @@ def generate(events: int = 10_000, seed: int = 7) -> Iterator[pa.Table]:
         yield table.cast(schema)
 
 
-def _write_lines(f: BinaryIO, table: pa.Table) -> int:
+def _write_lines(f: io.BufferedIOBase, table: pa.Table) -> int:
     for arr in table.column("line").chunks:
         # The lines end in "\n" already: write the string data buffer as it is.
         width = 8 if pa.types.is_large_string(arr.type) else 4
@@ -689,9 +691,13 @@ def _write_lines(f: BinaryIO, table: pa.Table) -> int:
 
 def write_jsonl(path: str | Path, events: int = 10_000, seed: int = 7) -> int:
     """Write the story as JSON Lines, each payload with an extra top-level "source" field,
-    chunk by chunk; return the number of rows written."""
+    chunk by chunk; return the number of rows written. A name ending in ``.gz`` writes it
+    gzipped (level 1: about 15 % of the plain size, e.g. 7 GB instead of 46 GB at 100 M
+    events; the importer reads it as it is)."""
     rows = 0
-    with open(path, "wb") as f, ThreadPoolExecutor(1) as writer:
+    gz = str(path).endswith(".gz")
+    with (gzip.open(path, "wb", compresslevel=1) if gz else open(path, "wb")) as f, \
+            ThreadPoolExecutor(1) as writer:
         # Writing chunk i (I/O, without the GIL) overlaps rendering chunk i + 1.
         pending: Future[int] | None = None
         for table in _render(events, seed, jsonl=True):

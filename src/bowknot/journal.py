@@ -5,7 +5,9 @@ Analyses used to read the ``person_events`` view, which joins every event to the
 and casts its JSON on each query; at 20 M events that cost more than the analysis itself
 (benchmarks/journeys.py). The journal holds the same rows once, with the step label and the
 touch fields (``channel``, ``campaign``, ``utm_campaign``) already extracted, sorted by
-(person_id, ts, seq) so window functions over a person's events find them nearly in order.
+(person_id, ts, seq) so window functions over a person's events find them nearly in order,
+and with two integer keys: ``pkey`` numbers the persons and ``ekey`` the step labels (both in
+text order), so the analyses partition, join, sort and count distinct on integers.
 
 It is brought up to date on demand, by the first analysis after a build (:func:`refresh`),
 not by the build itself: written by every build it doubled the full build (a copy and sort of
@@ -25,12 +27,14 @@ from .store.engine import run
 if TYPE_CHECKING:
     from .workspace import Workspace
 
-DDL: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS journey_events (
-        person_id VARCHAR, ts TIMESTAMP, seq BIGINT, type VARCHAR, event VARCHAR,
-        properties VARCHAR, context VARCHAR, channel VARCHAR, campaign VARCHAR,
-        utm_campaign VARCHAR)""",
-)
+TABLE = """CREATE TABLE IF NOT EXISTS journey_events (
+        person_id VARCHAR, pkey BIGINT, ts TIMESTAMP, seq BIGINT, type VARCHAR, event VARCHAR,
+        ekey INTEGER, properties VARCHAR, context VARCHAR, channel VARCHAR, campaign VARCHAR,
+        utm_campaign VARCHAR)"""
+DDL: tuple[str, ...] = (TABLE,)
+# Written next to the build id the journal is as of: a journal written by code with another
+# layout is rewritten (dropped and made again) by the next refresh, without a full build.
+LAYOUT = "2"
 
 # The columns (see docs/journeys.md): ``seq`` is the event key halved (it fits a signed
 # BIGINT, which Spark has, and keeps the key's order); ``event`` the step label; ``channel``
@@ -55,12 +59,23 @@ def refresh(ws: Workspace) -> bool:
     with ws.builder.transaction() as con:
         last = str(run(con, "SELECT coalesce(max(build_id), 0) FROM builds")[0][0])
         found = run(con, "SELECT value FROM meta WHERE key = 'journal_build_id'")
-        if found and found[0][0] == last:
+        if found and found[0][0] == f"{last}/{LAYOUT}":
             return False
-        run(con, "DELETE FROM journey_events")
+        run(con, "DROP TABLE IF EXISTS journey_events")
+        run(con, TABLE)
+        # ``pkey`` numbers the persons and ``ekey`` the step labels, both in text order, so
+        # windows, joins and distinct counts run on integers instead of text; the rows are
+        # in (person, time) order, which is also (pkey, ts, seq) order.
         run(con, f"""INSERT INTO journey_events
-            SELECT {COLUMNS} FROM person_events WHERE person_id IS NOT NULL
-            ORDER BY person_id, ts, seq""")
+            WITH e AS (SELECT {COLUMNS} FROM person_events WHERE person_id IS NOT NULL),
+            p AS (SELECT person_id, row_number() OVER (ORDER BY person_id) AS pkey
+                  FROM (SELECT DISTINCT person_id FROM e)),
+            k AS (SELECT event, CAST(row_number() OVER (ORDER BY event) AS INTEGER) AS ekey
+                  FROM (SELECT DISTINCT event FROM e))
+            SELECT e.person_id, p.pkey, e.ts, e.seq, e.type, e.event, k.ekey, e.properties,
+                   e.context, e.channel, e.campaign, e.utm_campaign
+            FROM e JOIN p USING (person_id) LEFT JOIN k USING (event)
+            ORDER BY p.pkey, e.ts, e.seq""")
         run(con, "DELETE FROM meta WHERE key = 'journal_build_id'")
-        run(con, "INSERT INTO meta VALUES ('journal_build_id', ?)", [last])
+        run(con, "INSERT INTO meta VALUES ('journal_build_id', ?)", [f"{last}/{LAYOUT}"])
         return True

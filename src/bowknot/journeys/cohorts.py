@@ -55,22 +55,32 @@ class Cohort:
         return {"did": str(self.did), "did_not": str(self.did_not),
                 "within_seconds": self.within, "traits": self.traits}
 
-    def entries(self, engine: Engine) -> ir.Table:
-        """Every person who did A: ``person_id``, ``entered_at``, ``converted``."""
+    def _entered(self, engine: Engine) -> tuple[ir.Table, ir.Table, list[ir.BooleanValue]]:
+        """Each person's first A (``pkey``, ``person_id``, ``entered_at``), the B events
+        and the predicates of "B followed A within T"; matched on the person numbers
+        (integer joins instead of text ones)."""
         ev = engine.events()
         a = ev.filter(self.did.predicate(engine, ev))
-        a = a.group_by(a.person_id).aggregate(entered_at=a.ts.min())
-        b = ev.filter(self.did_not.predicate(engine, ev)).select(bpid=ev.person_id, tb=ev.ts)
-        converted = a.semi_join(b, [a.person_id == b.bpid, b.tb > a.entered_at,
-                                    b.tb <= a.entered_at + ibis.interval(seconds=self.within)])
-        flagged = converted.select(cpid=converted.person_id, converted=ibis.literal(True))
-        j = a.left_join(flagged, a.person_id == flagged.cpid)
+        a = a.group_by(a.pkey).aggregate(person_id=a.person_id.max(), entered_at=a.ts.min())
+        b = ev.filter(self.did_not.predicate(engine, ev)).select(bkey=ev.pkey, tb=ev.ts)
+        return a, b, [a.pkey == b.bkey, b.tb > a.entered_at,
+                      b.tb <= a.entered_at + ibis.interval(seconds=self.within)]
+
+    def entries(self, engine: Engine) -> ir.Table:
+        """Every person who did A: ``person_id``, ``entered_at``, ``converted``."""
+        a, b, on = self._entered(engine)
+        converted = a.semi_join(b, on)
+        flagged = converted.select(ckey=converted.pkey, converted=ibis.literal(True))
+        j = a.left_join(flagged, a.pkey == flagged.ckey)
         return j.select(person_id=j.person_id, entered_at=j.entered_at,
                         converted=j.converted.fill_null(False))
 
     def members(self, engine: Engine, entries: ir.Table | None = None) -> ir.Table:
-        e = self.entries(engine) if entries is None else entries
-        m = e.filter(~e.converted).select("person_id", "entered_at")
+        if entries is None:  # an anti join: the persons without a B in time
+            a, b, on = self._entered(engine)
+            m = a.anti_join(b, on).select("person_id", "entered_at")
+        else:
+            m = entries.filter(~entries.converted).select("person_id", "entered_at")
         for trait in self.traits:
             tr = engine.traits()
             tr = tr.filter(tr.trait == trait).select(tpid=tr.person_id, tv=tr.value)
@@ -79,19 +89,17 @@ class Cohort:
         return m.order_by("person_id")
 
     def run(self, engine: Engine) -> CohortResult:
-        # One query: the members with, on every row, how many entered and converted.
-        e = self.entries(engine)
-        counts = e.aggregate(entered=e.count(), converted=e.converted.cast("int64").sum())
-        table = engine.to_arrow(
-            self.members(engine, e).cross_join(counts).order_by("person_id"))
-        entered = converted = 0
+        # One query: the members (an anti join, as the hand-written SQL does it) with, on
+        # every row, how many entered; the others converted.
+        a, _, _ = self._entered(engine)
+        counts = a.aggregate(entered=a.count())
+        table = engine.to_arrow(self.members(engine).cross_join(counts).order_by("person_id"))
         if table.num_rows:
             entered = int(table.column("entered")[0].as_py() or 0)
-            converted = int(table.column("converted")[0].as_py() or 0)
-        else:  # nobody in the cohort: the counts alone
-            stats = engine.to_arrow(counts).to_pylist()[0]
-            entered, converted = int(stats["entered"] or 0), int(stats["converted"] or 0)
-        table = table.drop_columns(["entered", "converted"])
+        else:  # nobody in the cohort: the count alone
+            entered = int(engine.to_arrow(counts).to_pylist()[0]["entered"] or 0)
+        converted = entered - table.num_rows
+        table = table.drop_columns(["entered"])
         return CohortResult("cohort", self.definition(), table, engine.name, extra={
             "entered": entered, "persons": entered - converted,
             "converted_share": converted / entered if entered else None})

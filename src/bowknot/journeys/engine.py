@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,17 +35,20 @@ ENGINES = ("duckdb", "spark")
 
 # The columns every analysis reads (see docs/journeys.md):
 #   person_id  the person of the event as of the last build
+#   pkey       the same person as a number (1, 2, ... in person_id order): for windows,
+#              joins and distinct counts; person_id is what the results show
 #   ts         the corrected event time (UTC)
 #   seq        a tie-breaker for events at the same time (from the event key)
 #   type       the Segment call (track, page, screen, identify, ...)
 #   event      the step label: a track's event name, "page:<name>" / "screen:<name>" for
 #              named pages and screens, else the call type ("identify", "page", ...)
+#   ekey       the step label as a number (in label order)
 #   properties, context   the JSON objects, as text
 #   channel, campaign     a touch's channel and campaign: its properties ``channel`` and
 #              ``campaign_id``, else the UTM source and name of its context
 #   utm_campaign          the UTM campaign name of its context
-EVENT_COLUMNS = ("person_id", "ts", "seq", "type", "event", "properties", "context",
-                 "channel", "campaign", "utm_campaign")
+EVENT_COLUMNS = ("person_id", "pkey", "ts", "seq", "type", "event", "ekey", "properties",
+                 "context", "channel", "campaign", "utm_campaign")
 
 
 @ibis.udf.scalar.builtin(name="json_extract_string")  # type: ignore[untyped-decorator]
@@ -105,6 +111,12 @@ class Engine:
         table: pa.Table = expr.to_pyarrow()
         return table
 
+    @contextmanager
+    def materialized(self, expr: ir.Table) -> Iterator[ir.Table]:
+        """``expr`` as a table to read more than once or to aggregate after a chain of
+        windows; here the expression itself (the engine plans it whole)."""
+        yield expr
+
     def close(self) -> None:
         """Release what the engine holds (the Spark snapshot); the workspace stays open."""
 
@@ -127,6 +139,20 @@ class DuckDBEngine(Engine):
     def json_text(self, doc: ir.StringValue, path: str) -> ir.StringValue:
         out: ir.StringValue = _duckdb_json_text(doc, path)
         return out
+
+    @contextmanager
+    def materialized(self, expr: ir.Table) -> Iterator[ir.Table]:
+        """``expr`` written to a temporary table, dropped on exit. DuckDB 2.0 streaming two
+        chained windows into a holistic aggregate (a median) held every window buffer and
+        spilled gigabytes at 20 M events (36 s for the transition graph); written first,
+        the windows take a few seconds and the aggregate one or two."""
+        con = self.ws.store.ibis
+        name = f"bowknot_tmp_{uuid.uuid4().hex}"
+        table = con.create_table(name, expr, temp=True)
+        try:
+            yield table
+        finally:
+            con.raw_sql(f'DROP TABLE IF EXISTS temp.main."{name}"')
 
     def order_key(self, ts: ir.TimestampValue, seq: ir.IntegerValue | int) -> ir.DecimalValue:
         """(ts, seq) as one number in the same order (a 128-bit decimal), so an ASOF join

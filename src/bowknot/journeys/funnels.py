@@ -85,6 +85,17 @@ def with_trait(engine: Engine, table: ir.Table, breakdown: str | None) -> ir.Tab
     return joined.drop("tpid")
 
 
+def with_ids(engine: Engine, table: ir.Table, ids: bool | str | None) -> ir.Table:
+    """``table`` (with ``pkey``) with the ``person_id`` of each person number, if ``ids``."""
+    if not ids:
+        return table
+    ev = engine.events()
+    m = ev.group_by(ev.pkey).aggregate(person_id=ev.person_id.max())
+    m = m.select(mkey=m.pkey, person_id=m.person_id)
+    joined = table.inner_join(m, table.pkey == m.mkey)
+    return joined.drop("mkey")
+
+
 class Funnel:
     """A funnel question; :meth:`run` answers it on an engine."""
 
@@ -124,6 +135,9 @@ class Funnel:
                 f"1..{n}.", code="invalid_exclusion")
         return Exclusion(ex.step, (a, b))
 
+    def _by_trait(self) -> bool:
+        return bool(self.breakdown and self.breakdown.startswith("trait:"))
+
     def params(self) -> dict[str, Any]:
         return {"steps": [str(s) for s in self.steps], "within_seconds": self.within,
                 "order": self.order, "entry": self.entry,
@@ -132,21 +146,23 @@ class Funnel:
                 "breakdown": self.breakdown}
 
     # -- the query -----------------------------------------------------------------------
-    def attempts(self, engine: Engine) -> ir.Table:
-        """One row per person: ``person_id``, ``bv`` (breakdown), ``t0``..``t{n-1}`` (step
-        times, null when not reached) and ``reached`` (steps reached)."""
+    def attempts(self, engine: Engine, ids: bool = True) -> ir.Table:
+        """One row per person: ``pkey`` (and ``person_id`` with ``ids``), ``bv``
+        (breakdown), ``t0``..``t{n-1}`` (step times, null when not reached) and ``reached``
+        (steps reached). The steps are matched on the person numbers (``pkey``); the
+        person ids are joined to the answer only where it shows them."""
         ev = engine.events()
         n = len(self.steps)
         flags = {f"s{k}": s.predicate(engine, ev) for k, s in enumerate(self.steps)}
         bv = breakdown_value(engine, ev, self.breakdown)
         # Only the columns used: a window carries every column of its input (the JSON too).
-        ev = ev.select("person_id", "ts", "seq",
+        ev = ev.select("pkey", "ts", "seq",
                        bv=bv if bv is not None else ibis.null("string"), **flags)
         window = ibis.interval(seconds=self.within)
         if self.order == "any":
-            return self._unordered(engine, ev, window)
+            return self._unordered(engine, ev, window, ids)
         if self.order == "strict":
-            w = ibis.window(group_by=ev.person_id, order_by=[ev.ts, ev.seq])
+            w = ibis.window(group_by=ev.pkey, order_by=[ev.ts, ev.seq])
             ev = ev.mutate(rn=ibis.row_number().over(w))
         else:
             ev = ev.filter(ibis.or_(*(ev[f] for f in flags)))
@@ -154,61 +170,61 @@ class Funnel:
         rn0 = {"r0": e0.rn} if self.order == "strict" else {}
         if self.entry == "first" and self.order == "ordered" and bv is None:
             # Only the time of the first entry matters: a group-by, not a window.
-            a = e0.group_by(e0.person_id).aggregate(bv=e0.bv.max(), t0=e0.ts.min())
+            a = e0.group_by(e0.pkey).aggregate(bv=e0.bv.max(), t0=e0.ts.min())
         elif self.entry == "first":
-            w0 = ibis.window(group_by=e0.person_id, order_by=[e0.ts, e0.seq])
+            w0 = ibis.window(group_by=e0.pkey, order_by=[e0.ts, e0.seq])
             a = e0.mutate(first=ibis.row_number().over(w0))
             a = a.filter(a.first == 0)
-            a = a.select(person_id=a.person_id, bv=a.bv, t0=a.ts,
+            a = a.select(pkey=a.pkey, bv=a.bv, t0=a.ts,
                          **({"r0": a.rn} if self.order == "strict" else {}))
         else:
-            a = e0.select(person_id=e0.person_id, bv=e0.bv, t0=e0.ts, **rn0).distinct()
+            a = e0.select(pkey=e0.pkey, bv=e0.bv, t0=e0.ts, **rn0).distinct()
         for k in range(1, n):
             ek = ev.filter(ev[f"s{k}"])
             if self.order == "strict":
-                ek = ek.select(pid=ek.person_id, tk=ek.ts, rk=ek.rn)
-                j = a.left_join(ek, [a.person_id == ek.pid, ek.rk == a[f"r{k - 1}"] + 1,
+                ek = ek.select(pid=ek.pkey, tk=ek.ts, rk=ek.rn)
+                j = a.left_join(ek, [a.pkey == ek.pid, ek.rk == a[f"r{k - 1}"] + 1,
                                      ek.tk <= a.t0 + window])
                 a = j.select(*a.columns, **{f"t{k}": j.tk, f"r{k}": j.rk})
             else:
-                ek = ek.select(pid=ek.person_id, tk=ek.ts)
-                j = a.left_join(ek, [a.person_id == ek.pid, ek.tk > a[f"t{k - 1}"],
+                ek = ek.select(pid=ek.pkey, tk=ek.ts)
+                j = a.left_join(ek, [a.pkey == ek.pid, ek.tk > a[f"t{k - 1}"],
                                      ek.tk <= a.t0 + window])
                 a = j.group_by(list(a.columns)).agg(**{f"t{k}": j.tk.min()})
         for x in self.exclusions:
             lo, hi = x.between or (1, n)
             ex = engine.events()
             ex = ex.filter(x.step.predicate(engine, ex))
-            ex = ex.select(xpid=ex.person_id, tx=ex.ts)
+            ex = ex.select(xpid=ex.pkey, tx=ex.ts)
             end = a[f"t{hi - 1}"].coalesce(a.t0 + window)
-            a = a.anti_join(ex, [a.person_id == ex.xpid, ex.tx > a[f"t{lo - 1}"], ex.tx < end])
+            a = a.anti_join(ex, [a.pkey == ex.xpid, ex.tx > a[f"t{lo - 1}"], ex.tx < end])
         a = a.mutate(reached=sum((a[f"t{k}"].notnull().cast("int64") for k in range(n)),
                                  ibis.literal(0, "int64")))
         if self.entry == "any":
-            w = ibis.window(group_by=a.person_id, order_by=[a.reached.desc(), a.t0])
+            w = ibis.window(group_by=a.pkey, order_by=[a.reached.desc(), a.t0])
             a = a.mutate(best=ibis.row_number().over(w))
             a = a.filter(a.best == 0).drop("best")
-        return with_trait(engine, a, self.breakdown)
+        return with_trait(engine, with_ids(engine, a, ids or self._by_trait()), self.breakdown)
 
-    def _unordered(self, engine: Engine, ev: ir.Table, window: Any) -> ir.Table:
+    def _unordered(self, engine: Engine, ev: ir.Table, window: Any, ids: bool) -> ir.Table:
         n = len(self.steps)
         flags = [f"s{k}" for k in range(n)]
         ev = ev.filter(ibis.or_(*(ev[f] for f in flags)))
         if self.entry == "first":
-            w0 = ibis.window(group_by=ev.person_id, order_by=[ev.ts, ev.seq])
+            w0 = ibis.window(group_by=ev.pkey, order_by=[ev.ts, ev.seq])
             a = ev.mutate(first=ibis.row_number().over(w0))
-            a = a.filter(a.first == 0).select(person_id=a.person_id, bv=a.bv, t0=a.ts)
+            a = a.filter(a.first == 0).select(pkey=a.pkey, bv=a.bv, t0=a.ts)
         else:
-            a = ev.select(person_id=ev.person_id, bv=ev.bv, t0=ev.ts).distinct()
-        e = ev.select(pid=ev.person_id, tk=ev.ts, **{f: ev[f] for f in flags})
-        j = a.inner_join(e, [a.person_id == e.pid, e.tk >= a.t0, e.tk <= a.t0 + window])
+            a = ev.select(pkey=ev.pkey, bv=ev.bv, t0=ev.ts).distinct()
+        e = ev.select(pid=ev.pkey, tk=ev.ts, **{f: ev[f] for f in flags})
+        j = a.inner_join(e, [a.pkey == e.pid, e.tk >= a.t0, e.tk <= a.t0 + window])
         a = j.group_by(list(a.columns)).agg(
             reached=sum((j[f].cast("int64").max() for f in flags), ibis.literal(0, "int64")))
         if self.entry == "any":
-            w = ibis.window(group_by=a.person_id, order_by=[a.reached.desc(), a.t0])
+            w = ibis.window(group_by=a.pkey, order_by=[a.reached.desc(), a.t0])
             a = a.mutate(best=ibis.row_number().over(w))
             a = a.filter(a.best == 0).drop("best")
-        return with_trait(engine, a, self.breakdown)
+        return with_trait(engine, with_ids(engine, a, ids or self._by_trait()), self.breakdown)
 
     def summary(self, attempts: ir.Table) -> ir.Table:
         """Per breakdown value: persons at each step and median seconds between steps."""
@@ -224,7 +240,7 @@ class Funnel:
         return a.group_by("bv").agg(**aggs)
 
     def run(self, engine: Engine) -> FunnelResult:
-        counts = engine.to_arrow(self.summary(self.attempts(engine))).to_pylist()
+        counts = engine.to_arrow(self.summary(self.attempts(engine, ids=False))).to_pylist()
         counts.sort(key=lambda r: (r["bv"] is not None, r["bv"] or ""))
         rows: dict[str, list[Any]] = {c: [] for c in (
             "breakdown", "step", "event", "persons", "conversion", "step_conversion",

@@ -35,33 +35,47 @@ class Transitions:
         self.events = list(events) if events is not None else None
         self.collapse, self.top = collapse, top
 
-    def query(self, engine: Engine) -> ir.Table:
+    def steps(self, engine: Engine) -> ir.Table:
+        """One row per transition: the person (``pkey``), the step numbers (``ekey`` to
+        ``to``) and the seconds between the two events (``gap``)."""
         ev = engine.events()
         if self.events is not None:
             ev = ev.filter(ev.event.isin(self.events))
-        # Only the columns used: a window carries every column of its input (the JSON too).
-        ev = ev.select("person_id", "ts", "seq", "event")
-        order = ibis.window(group_by=ev.person_id, order_by=[ev.ts, ev.seq])
+        # Integers only: a window carries every column of its input, and partitions, sorts
+        # and compares faster on numbers than on text.
+        ev = ev.select("pkey", "ts", "seq", "ekey")
+        order = ibis.window(group_by=ev.pkey, order_by=[ev.ts, ev.seq])
         if self.collapse:
-            ev = ev.mutate(prev=ev.event.lag().over(order))
-            ev = ev.filter(ev.prev.isnull() | (ev.prev != ev.event))
-            order = ibis.window(group_by=ev.person_id, order_by=[ev.ts, ev.seq])
-        t = ev.mutate(to=ev.event.lead().over(order), t_to=ev.ts.lead().over(order))
+            ev = ev.mutate(prev=ev.ekey.lag().over(order))
+            ev = ev.filter(ev.prev.isnull() | (ev.prev != ev.ekey))
+            order = ibis.window(group_by=ev.pkey, order_by=[ev.ts, ev.seq])
+        t = ev.mutate(to=ev.ekey.lead().over(order), t_to=ev.ts.lead().over(order))
         t = t.filter(t.to.notnull())
-        t = t.mutate(gap=(t.t_to.epoch_seconds() - t.ts.epoch_seconds()).cast("float64"))
-        edges = t.group_by([t.event, t.to]).aggregate(
-            transitions=t.count(), persons=t.person_id.nunique(), median_seconds=t.gap.median())
-        out_w = ibis.window(group_by=edges.event)
+        return t.select(t.pkey, t.ekey, t.to, gap=(t.t_to.epoch_seconds()
+                                                   - t.ts.epoch_seconds()).cast("float64"))
+
+    def query(self, engine: Engine, steps: ir.Table | None = None) -> ir.Table:
+        t = self.steps(engine) if steps is None else steps
+        edges = t.group_by([t.ekey, t.to]).aggregate(
+            transitions=t.count(), persons=t.pkey.nunique(), median_seconds=t.gap.median())
+        out_w = ibis.window(group_by=edges.ekey)
         in_w = ibis.window(group_by=edges.to)
         taken = edges.transitions.cast("float64")
         edges = edges.mutate(probability_out=taken / edges.transitions.sum().over(out_w),
                              probability_in=taken / edges.transitions.sum().over(in_w))
-        edges = edges.rename({"from": "event"})
-        return edges.select("from", "to", "transitions", "persons", "probability_out",
-                            "probability_in", "median_seconds")
+        # The step labels of the numbers (one row per label).
+        ev = engine.events()
+        labels = ev.group_by(ev.ekey).aggregate(label=ev.event.arbitrary())
+        a = labels.select(akey=labels.ekey, a=labels.label)
+        b = labels.select(bkey=labels.ekey, b=labels.label)
+        j = edges.inner_join(a, edges.ekey == a.akey).inner_join(b, edges.to == b.bkey)
+        return j.select(**{"from": j.a, "to": j.b}, transitions=j.transitions,
+                        persons=j.persons, probability_out=j.probability_out,
+                        probability_in=j.probability_in, median_seconds=j.median_seconds)
 
     def run(self, engine: Engine) -> Result:
-        table = engine.to_arrow(self.query(engine))
+        with engine.materialized(self.steps(engine)) as steps:
+            table = engine.to_arrow(self.query(engine, steps))
         table = table.sort_by([("transitions", "descending"), ("from", "ascending"),
                                ("to", "ascending")])
         if self.top is not None:

@@ -54,19 +54,19 @@ class Retention:
     def query(self, engine: Engine) -> ir.Table:
         ev = engine.events()
         s = ev.filter(self.start.predicate(engine, ev))
-        first = s.group_by(s.person_id).aggregate(t0=s.ts.min())
+        first = s.group_by(s.pkey).aggregate(t0=s.ts.min())
         first = first.mutate(cohort=first.t0.truncate(PERIODS[self.period]),
                              c_idx=self._index(first.t0))
         b = ev.filter(self.back.predicate(engine, ev))
-        b = b.select(bpid=b.person_id, tb=b.ts, b_idx=self._index(b.ts))
-        j = first.inner_join(b, [first.person_id == b.bpid, b.tb > first.t0])
+        b = b.select(bkey=b.pkey, tb=b.ts, b_idx=self._index(b.ts))
+        j = first.inner_join(b, [first.pkey == b.bkey, b.tb > first.t0])
         j = j.mutate(k=(j.b_idx - j.c_idx).cast("int64"))
         j = j.filter((j.k >= 1) & (j.k <= self.periods))
-        # Distinct (cohort, period, person) first, then a count: cheaper than a distinct
-        # count per group on DuckDB (measured in benchmarks/journeys.py).
-        d = j.select(j.cohort, j.k, j.person_id).distinct()
+        # Distinct (cohort, period, person number) first, then a count: cheaper than a
+        # distinct count per group on DuckDB (measured in benchmarks/journeys.py).
+        d = j.select(j.cohort, j.k, j.pkey).distinct()
         returned = d.group_by([d.cohort, d.k]).aggregate(returned=d.count())
-        sizes = first.group_by(first.cohort).aggregate(persons=first.person_id.nunique(),
+        sizes = first.group_by(first.cohort).aggregate(persons=first.count(),
                                                        c_idx=first.c_idx.min())
         zero = sizes.select(cohort=sizes.cohort, k=ibis.literal(0, "int64"),
                             returned=sizes.persons)

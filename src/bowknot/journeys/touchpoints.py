@@ -49,9 +49,9 @@ class Touchpoints:
         o = ev.filter(self.outcome.predicate(engine, ev))
         value = (engine.json_text(o.properties, f"$.{self.value}").cast("float64")
                  if self.value else ibis.literal(None, "float64"))
-        o = o.select(opid=o.person_id, ots=o.ts, oseq=o.seq, value=value)
+        o = o.select(opid=o.pkey, ots=o.ts, oseq=o.seq, value=value)
         t = ev.filter(ev.event.isin(self.touch_events) | ev.utm_campaign.notnull())
-        t = t.select(tpid=t.person_id, tts=t.ts, tseq=t.seq, channel=t.channel,
+        t = t.select(tpid=t.pkey, tts=t.ts, tseq=t.seq, channel=t.channel,
                      campaign=t.campaign)
         window = ibis.interval(seconds=self.within)
         if engine.asof:
