@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import threading
-import time
 from typing import Any
 
 import orjson
@@ -138,10 +137,12 @@ def test_overload_is_429_with_retry_after(tmp_path: Any) -> None:
 
     with bowknot.connect(tmp_path / "w.duckdb", writer_queue_bytes=1) as ws:
         key = ws.access.create_source("web")
-        release = threading.Event()
+        assert ws.writer.wait_warm(60)
+        release, holding = threading.Event(), threading.Event()
         original = ws.writer._prepare
 
         def slow(con: Any, group: Any) -> Any:
+            holding.set()
             release.wait(10)
             return original(con, group)
 
@@ -150,7 +151,7 @@ def test_overload_is_429_with_retry_after(tmp_path: Any) -> None:
 
         body = '{"type":"track","userId":"u","event":"A"}'
         first = ws.writer.submit(Submission([Request("web", "track", body)]))
-        time.sleep(0.2)  # the writer thread now holds `first`
+        assert holding.wait(10)  # the writer thread now holds `first`
         second = ws.writer.submit(Submission([Request("web", "track", body)]))
         with TestClient(create_app(ws)) as client:
             r = post(client, "/v1/track", key, {"userId": "u", "event": "A"})
