@@ -4,7 +4,8 @@
 
 The workspace is the identity benchmark's cached one (benchmarks/data/identity-<events>.duckdb:
 99 % of the demo events imported, see benchmarks/identity.py), copied and built once into
-benchmarks/data/triggers-<events>.duckdb (the cached file is never modified). A run works on a
+benchmarks/data/triggers-<events>-s<schema>-d<derived>.duckdb (named by the versions it was
+built with; the cached file is never modified). A run works on a
 fresh copy of that built workspace, in one process, and measures side by side:
 
 * ``peer``: the same cohort ("clicked campaign free-day-downtown and did not book within 3
@@ -67,7 +68,12 @@ def built_base(events: int) -> tuple[Path, Path]:
         else:
             raise SystemExit(f"{cached} is missing: run benchmarks/identity.py --events "
                              f"{events} first (it imports the demo events once).")
-    base = DATA / f"triggers-{events}.duckdb"
+    from bowknot.build import DERIVED_VERSION
+    from bowknot.store.schema import SCHEMA_VERSION
+
+    # Named by the versions it was built with: a workspace built by other code would have its
+    # derived tables dropped on opening (persons: none), and the runs would measure nothing.
+    base = DATA / f"triggers-{events}-s{SCHEMA_VERSION}-d{DERIVED_VERSION}.duckdb"
     if not base.exists():
         DATA.mkdir(exist_ok=True)
         work = base.with_suffix(".tmp")
@@ -120,6 +126,9 @@ def run_once(base: Path, tail: Path) -> dict[str, Any]:
     try:
         with bowknot.connect(work, survey_quiet_hours="") as ws:
             out["persons"] = ws.sql("SELECT count(*) AS n FROM persons")[0]["n"]
+            if not out["persons"]:
+                raise SystemExit(f"{base} holds no built persons: delete it, and the next run "
+                                 "builds it again from the identity benchmark's workspace.")
             ws.surveys.create("nps-free-day", kind="nps", holdout=0.1)
             ws.surveys.add_trigger("nps-free-day", "clicked-not-booked",
                                    did=f"Campaign Clicked[campaign_id={CAMPAIGN}]",
