@@ -123,13 +123,6 @@ def _set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
     run(con, "INSERT INTO meta VALUES (?, ?)", [key, value])
 
 
-# A background build costs about 0.1 s of CPU however few events it brings in (measured:
-# 105-160 ms for 17 to 3,274 new events), a fixed cost that live writes pay for when they
-# share the cores (at 1,000 survey answers/s, builds every 2 s took ~5 % of an answer's CPU),
-# and while one ran, acknowledgements waited (every request over 100 ms at 32 clients fell in
-# a build, traced): see Builder._wait_for_pause.
-
-
 class Builder:
     """Runs builds, one at a time, on its own connection."""
 
@@ -270,8 +263,11 @@ class Builder:
     def _wait_for_pause(self) -> None:
         """While collection is busy, wait for a pause in the writer's work, at most
         ``build_max_delay_seconds``: under sustained load builds then come less often and
-        take larger steps (a build's cost is mostly fixed), so fewer requests are answered
-        while one competes for the cores."""
+        take larger steps, so fewer requests are answered while one competes for the cores.
+        A build costs about 0.1 s of CPU however few events it brings in (105-160 ms for 17
+        to 3,274 new events, measured): at 1,000 survey answers/s, builds every 2 s took ~5 %
+        of an answer's CPU, and every HTTP request over 100 ms at 32 clients was answered
+        while one ran (traced)."""
         writer = self.ws.writer
         deadline = time.monotonic() + float(self.ws.settings.build_max_delay_seconds)
         while (writer.backlogged(_QUIET_SECONDS) and time.monotonic() < deadline

@@ -422,10 +422,15 @@ class Surveys:
             with entry[0]:
                 yield
         finally:
-            with self._guard:
-                entry[1][0] -= 1
-                if not entry[1][0]:
-                    del self._busy[invitation_id]
+            self._leave(invitation_id)
+
+    def _leave(self, invitation_id: str) -> None:
+        """One post to the invitation less: its entry goes with the last."""
+        with self._guard:
+            entry = self._busy[invitation_id]
+            entry[1][0] -= 1
+            if not entry[1][0]:
+                del self._busy[invitation_id]
 
     def answer(self, token: str, score: int, why: str | None = None,
                reasons: Sequence[str] | None = None,
@@ -469,11 +474,7 @@ class Surveys:
 
         def release() -> None:
             lock.release()  # posts waiting in _one_at_a_time read the state noted now
-            with self._guard:
-                entry = self._busy[invitation_id]
-                entry[1][0] -= 1
-                if not entry[1][0]:
-                    del self._busy[invitation_id]
+            self._leave(invitation_id)
 
         try:
             state, inv = self.invitation(token, read=False)

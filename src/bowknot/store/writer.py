@@ -511,7 +511,10 @@ class Writer:
         if large:
             # Rows of one load have no order in the log (readers order by time or key); not
             # keeping the chunk's order lets the insert's threads write apart (a sixth less
-            # CPU for the insert, measured). This connection only, this statement only.
+            # CPU for the insert, measured). DuckDB's setting is database-wide: set for this
+            # statement only, so a query running meanwhile on another connection may return
+            # rows in another order unless it says ORDER BY (which bowknot's reads do where
+            # order matters).
             run(con, "SET preserve_insertion_order = false")
         stmts.execute(ingest.INSERT_EVENTS_SQL, {"classified": classified}, prepared=not large,
                       load_id=load_id)
