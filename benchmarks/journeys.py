@@ -96,13 +96,16 @@ def demo_source(events: int, folder: Path = DATA) -> tuple[Path, bool]:
     return path, True
 
 
-def prepare(events: int, folder: Path = DATA) -> tuple[Path, Path]:
-    """The built workspace and the Parquet export for ``events`` demo events (cached)."""
+def prepare(events: int, folder: Path = DATA,
+            memory_limit: str | None = None) -> tuple[Path, Path]:
+    """The built workspace and the Parquet export for ``events`` demo events (cached), made
+    under ``memory_limit`` (DuckDB's, like the peers'; its default is 80 % of RAM)."""
     import bowknot
     from bowknot import journal
     from bowknot.imports import import_file
 
     folder.mkdir(parents=True, exist_ok=True)
+    limit = {"memory_limit": memory_limit} if memory_limit else {}
     # Named after the journal's layout: a workspace cached by code with another layout is
     # copied (never changed in place: other branches' runs read it) and its journal rewritten.
     db = folder / f"journeys-{events}-j{journal.LAYOUT}.duckdb"
@@ -116,7 +119,7 @@ def prepare(events: int, folder: Path = DATA) -> tuple[Path, Path]:
     if not db.exists():
         tmp = db.with_suffix(".tmp.duckdb")
         tmp.unlink(missing_ok=True)
-        ws = bowknot.connect(str(tmp))
+        ws = bowknot.connect(str(tmp), **limit)
         source, written = demo_source(events, folder)
         t = time.perf_counter()
         import_file(ws, str(source))
@@ -129,7 +132,7 @@ def prepare(events: int, folder: Path = DATA) -> tuple[Path, Path]:
             source.unlink()
     import bowknot as bk
 
-    ws = bk.connect(str(db))
+    ws = bk.connect(str(db), **limit)
     try:
         t = time.perf_counter()
         r = ws.build()  # brings the derived tables up to this code's version
@@ -349,7 +352,7 @@ def main() -> None:
     tier = next((t for t, n in TIERS.items() if n == events), "custom")
     repeat = args.repeat or REPEAT[args.tier]
     peers = [p for p in args.peers.split(",") if p]
-    db, parquet = prepare(events)
+    db, parquet = prepare(events, memory_limit=args.memory_limit)
     started = time.time()
     results = bench(db, parquet, peers, questions, repeat, args.memory_limit)
     problems = gate(results)
