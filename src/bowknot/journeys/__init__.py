@@ -83,9 +83,11 @@ class Journeys:
         return question.run(self.engine)
 
     def transitions(self, *, events: Sequence[str] | None = None, collapse: bool = True,
-                    top: int | None = None) -> Result:
-        """The transition graph between steps (see :mod:`.paths`)."""
-        question = Transitions(events=events, collapse=collapse, top=top)
+                    top: int | None = None, counts_only: bool = False) -> Result:
+        """The transition graph between steps (see :mod:`.paths`); ``counts_only`` leaves
+        out the persons and median seconds per edge (faster)."""
+        question = Transitions(events=events, collapse=collapse, top=top,
+                               counts_only=counts_only)
         self._ready()
         return question.run(self.engine)
 
