@@ -126,6 +126,14 @@ class DuckDBSQL:
             SELECT * FROM e JOIN p USING (person_id) JOIN k USING (event)
             ORDER BY pkey, ts, seq""")
         self.con.execute("CREATE TABLE labels AS SELECT DISTINCT ekey, event FROM ev")
+        # A step-clustered copy of the numbers and a person table, made at load as bowknot's
+        # journal makes them: a question about two steps (the cohort) reads only their row
+        # groups (zone maps on ekey) instead of scanning every event (0.06 s instead of
+        # 0.35 s at M: the best plain-SQL formulation known, so the limit uses it).
+        self.con.execute("""CREATE TABLE steps AS SELECT ekey, pkey, ts, seq FROM ev
+            ORDER BY ekey, pkey, ts, seq""")
+        self.con.execute("""CREATE TABLE people AS SELECT pkey, any_value(person_id)
+            AS person_id FROM ev GROUP BY pkey ORDER BY pkey""")
 
     def q(self, sql: str) -> list[dict[str, Any]]:
         return _rows(self.con.sql(sql).to_arrow_table())
@@ -202,17 +210,20 @@ class DuckDBSQL:
             FROM e JOIN labels a ON a.ekey = e.ekey JOIN labels b ON b.ekey = e.nxt""")
 
     def _entries(self) -> str:
-        return f"""a AS (SELECT pkey, any_value(person_id) AS person_id,
-                                min(ts) AS entered_at FROM ev
-                         WHERE event = '{COHORT_DID}' GROUP BY pkey),
-                   b AS (SELECT pkey, ts FROM ev WHERE event = '{COHORT_DID_NOT}')"""
+        step = "(SELECT ekey FROM labels WHERE event = '{}')"
+        return f"""a AS (SELECT pkey, min(ts) AS entered_at FROM steps
+                         WHERE ekey = {step.format(COHORT_DID)} GROUP BY pkey),
+                   b AS (SELECT pkey, ts FROM steps
+                         WHERE ekey = {step.format(COHORT_DID_NOT)})"""
 
     def cohort(self) -> list[dict[str, Any]]:
+        # pkey numbers the persons in person_id order: sorting by it sorts by person_id.
         return self.q(f"""WITH {self._entries()}
-            SELECT a.person_id, a.entered_at FROM a ANTI JOIN b
+            SELECT p.person_id, a.entered_at FROM a ANTI JOIN b
               ON b.pkey = a.pkey AND b.ts > a.entered_at
              AND b.ts <= a.entered_at + INTERVAL {COHORT_WITHIN_D} DAY
-            ORDER BY a.person_id""")
+            JOIN people p ON p.pkey = a.pkey
+            ORDER BY a.pkey""")
 
     def conversion(self) -> list[dict[str, Any]]:
         return self.q(f"""WITH {self._entries()}
@@ -290,7 +301,7 @@ class Bowknot:
         return _rows(self.j.transitions().table)
 
     def transition_counts(self) -> list[dict[str, Any]]:
-        return _rows(self.j.transitions(collapse=False).table)
+        return _rows(self.j.transitions(collapse=False, counts_only=True).table)
 
     def cohort(self) -> list[dict[str, Any]]:
         return _rows(self.j.cohort(COHORT_DID, COHORT_DID_NOT, within=f"{COHORT_WITHIN_D}d").table)
