@@ -124,3 +124,22 @@ def test_the_companions_hold_the_journals_rows_by_step(tmp_path: Path) -> None:
         assert fast.num_rows == {"Booked": 3, "Viewed": 2, "Never": 0,
                                  "Booked[city=Oslo]": 2}[spec]
     ws.close()
+
+
+def test_a_question_asked_again_after_a_build_sees_the_new_events(tmp_path: Path) -> None:
+    # The DuckDB engine keeps a question's expression and SQL; the journal's rewrite after
+    # a build must not leave it answering from the old rows.
+    ws = bowknot.connect(tmp_path / "ws.duckdb")
+    ws.track("Clicked", user_id="a", timestamp="2026-01-01T00:00:00Z")
+    ws.track("Clicked", user_id="b", timestamp="2026-01-01T00:00:00Z")
+    ws.build()
+    first = ws.journeys.cohort("Clicked", "Booked", within="3d")
+    assert first.persons == 2 and first.extra["entered"] == 2
+    ws.track("Booked", user_id="a", timestamp="2026-01-02T00:00:00Z")
+    ws.track("Clicked", user_id="c", timestamp="2026-01-02T00:00:00Z")
+    ws.build()
+    again = ws.journeys.cohort("Clicked", "Booked", within="3d")
+    assert again.persons == 2 and again.extra["entered"] == 3
+    assert again.table.column("person_id").to_pylist() == sorted(
+        ws.persons.resolve(u) for u in ("b", "c"))
+    ws.close()

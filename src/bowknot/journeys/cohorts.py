@@ -106,11 +106,16 @@ class Cohort:
         # One query: the members (an anti join on the person numbers, as the hand-written
         # SQL does it) with, on every row, how many entered; the others converted. Sorted
         # here by the person number, which counts the persons in person_id order.
-        m, counts = self._members(engine)
-        table = engine.to_arrow(m.cross_join(counts))
+        def answer() -> ir.Table:
+            m, counts = self._members(engine)
+            return m.cross_join(counts)
+
+        key = ("cohort", json.dumps(self.definition(), sort_keys=True))
+        table = engine.to_arrow(engine.expression(key, answer))
         if table.num_rows:
             entered = int(table.column("entered")[0].as_py() or 0)
         else:  # nobody in the cohort: the count alone
+            counts = self._members(engine)[1]
             entered = int(engine.to_arrow(counts).to_pylist()[0]["entered"] or 0)
         converted = entered - table.num_rows
         table = table.sort_by("pkey").drop_columns(["pkey", "entered"])

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -134,6 +134,10 @@ class Engine:
         """One analysis: the engine's tables stay as they are until it ends."""
         yield
 
+    def expression(self, key: Hashable, build: Callable[[], ir.Table]) -> ir.Table:
+        """The expression of the question ``key`` (its definition), made by ``build``."""
+        return build()
+
     @contextmanager
     def materialized(self, expr: ir.Table) -> Iterator[ir.Table]:
         """``expr`` as a table to read more than once or to aggregate after a chain of
@@ -161,6 +165,7 @@ class DuckDBEngine(Engine):
         self._tables: dict[str, ir.Table] = {}
         self._local = threading.local()
         self._compiled: dict[Any, str] = {}  # the SQL of recent questions
+        self._expressions: dict[Hashable, ir.Table] = {}
         self._compiling = threading.Lock()
 
     @contextmanager
@@ -177,6 +182,19 @@ class DuckDBEngine(Engine):
     def _refresh(self) -> None:
         if journal.refresh(self.ws):
             self._tables.clear()
+            self._expressions.clear()
+
+    def expression(self, key: Hashable, build: Callable[[], ir.Table]) -> ir.Table:
+        """Kept per question until the journal is rewritten: making the Ibis expression of a
+        cohort costs about 15 ms, a fifth of its answer at 20 M events."""
+        found = self._expressions.get(key)
+        if found is None:
+            found = build()
+            with self._compiling:
+                self._expressions[key] = found
+                while len(self._expressions) > COMPILED:
+                    del self._expressions[next(iter(self._expressions))]
+        return found
 
     def _table(self, name: str) -> ir.Table:
         """A journal table, the journal brought up to date first (outside an analysis)."""
