@@ -110,8 +110,10 @@ def prepare(events: int, folder: Path = DATA,
     # copied (never changed in place: other branches' runs read it) and its journal rewritten.
     db = folder / f"journeys-{events}-j{journal.LAYOUT}.duckdb"
     parquet = folder / f"journeys-{events}.parquet"
-    older = [p for p in (folder / f"journeys-{events}.duckdb",
-                         CACHED / f"journeys-{events}.duckdb") if p.exists()]
+    older = [p for where in (folder, CACHED)
+             for p in sorted(where.glob(f"journeys-{events}-j*.duckdb"), reverse=True)
+             + [where / f"journeys-{events}.duckdb"]
+             if p.exists() and not p.name.endswith(".tmp.duckdb") and p != db]
     if not db.exists() and older:
         tmp = db.with_suffix(".tmp.duckdb")
         shutil.copyfile(older[0], tmp)

@@ -93,3 +93,53 @@ def test_a_journal_of_another_layout_is_rewritten(tmp_path: Path) -> None:
     assert ws.journeys.funnel(["Booked", "Booked"]).table.column("persons").to_pylist() == [
         1, 0]
     ws.close()
+
+
+def test_the_companions_hold_the_journals_rows_by_step(tmp_path: Path) -> None:
+    from bowknot.journeys import Engine, Step
+
+    ws = bowknot.connect(tmp_path / "ws.duckdb")
+    for user, event, day, props in (
+            ("b", "Booked", 1, {"city": "Oslo"}), ("a", "Viewed", 2, {}),
+            ("c", "Booked", 3, {"city": "Rome"}), ("a", "Booked", 4, {"city": "Oslo"}),
+            ("b", "Viewed", 5, {})):
+        ws.track(event, user_id=user, properties=props, timestamp=f"2026-01-0{day}T00:00:00Z")
+    ws.build()
+    journal.refresh(ws)
+    steps = ws.sql("SELECT ekey, pkey, ts, seq FROM journey_steps")
+    assert [tuple(r.values()) for r in steps] == sorted(tuple(r.values()) for r in ws.sql(
+        "SELECT ekey, pkey, ts, seq FROM journey_events"))  # stored by (step, person, time)
+    assert ws.sql("SELECT * FROM journey_persons") == ws.sql(
+        "SELECT DISTINCT pkey, person_id FROM journey_events ORDER BY pkey")
+    assert ws.sql("SELECT * FROM journey_labels") == [
+        {"ekey": 1, "event": "Booked"}, {"ekey": 2, "event": "Viewed"}]
+    # The DuckDB engine reads a step from the companion; the same rows as the portable
+    # filter of the journal (which it keeps for steps with property filters).
+    duck = ws.journeys.engine
+    for spec in ("Booked", "Viewed", "Never", "Booked[city=Oslo]"):
+        step = Step.of(spec)
+        fast = duck.to_arrow(duck.step_events(step).order_by(["pkey", "ts"]))
+        portable = duck.to_arrow(Engine.step_events(duck, step).order_by(["pkey", "ts"]))
+        assert fast.to_pylist() == portable.to_pylist()
+        assert fast.num_rows == {"Booked": 3, "Viewed": 2, "Never": 0,
+                                 "Booked[city=Oslo]": 2}[spec]
+    ws.close()
+
+
+def test_a_question_asked_again_after_a_build_sees_the_new_events(tmp_path: Path) -> None:
+    # The DuckDB engine keeps a question's expression and SQL; the journal's rewrite after
+    # a build must not leave it answering from the old rows.
+    ws = bowknot.connect(tmp_path / "ws.duckdb")
+    ws.track("Clicked", user_id="a", timestamp="2026-01-01T00:00:00Z")
+    ws.track("Clicked", user_id="b", timestamp="2026-01-01T00:00:00Z")
+    ws.build()
+    first = ws.journeys.cohort("Clicked", "Booked", within="3d")
+    assert first.persons == 2 and first.extra["entered"] == 2
+    ws.track("Booked", user_id="a", timestamp="2026-01-02T00:00:00Z")
+    ws.track("Clicked", user_id="c", timestamp="2026-01-02T00:00:00Z")
+    ws.build()
+    again = ws.journeys.cohort("Clicked", "Booked", within="3d")
+    assert again.persons == 2 and again.extra["entered"] == 3
+    assert again.table.column("person_id").to_pylist() == sorted(
+        ws.persons.resolve(u) for u in ("b", "c"))
+    ws.close()

@@ -222,6 +222,19 @@ def cli(*args: str) -> str:
     return result.output
 
 
+def test_cli_transitions_counts_only(tmp_path: Path) -> None:
+    db = tmp_path / "cli.duckdb"
+    with bowknot.connect(db) as ws:
+        seed(ws, FUNNEL)
+    args = ["--db", str(db), "--csv"]
+    full = cli("transitions", "--keep-repeats", *args).splitlines()
+    assert full[0] == "from,to,transitions,persons,probability_out,probability_in,median_seconds"
+    fast = cli("transitions", "--keep-repeats", "--counts-only", *args).splitlines()
+    assert fast[0] == "from,to,transitions,probability_out,probability_in"
+    assert len(fast) == len(full) and fast[1].split(",")[:3] == full[1].split(",")[:3]
+    assert "--counts-only" in cli("transitions", "--help")
+
+
 def test_retention_triangle_by_week(analyse: Analyse, ws: bowknot.Workspace) -> None:
     # 2026-01-01 is a Thursday: week of Mon 2025-12-29. u1 books in weeks 0, 1 and 3;
     # u2 in week 0 and 2; u3 (first booking in week 1) in weeks 1 and 2.
@@ -274,6 +287,18 @@ def test_transition_graph_collapses_repeats(analyse: Analyse, ws: bowknot.Worksp
     raw = {(r["from"], r["to"]): r["transitions"]
            for r in analyse(ws).transitions(collapse=False).rows()}
     assert raw[("Checkout", "Checkout")] == 1
+    # Counts only: the same counts and probabilities, no persons or medians.
+    for collapse in (True, False):
+        full = analyse(ws).transitions(collapse=collapse)
+        fast = analyse(ws).transitions(collapse=collapse, counts_only=True)
+        assert fast.table.column_names == ["from", "to", "transitions", "probability_out",
+                                           "probability_in"]
+        assert fast.params["counts_only"] is True
+        assert fast.rows() == full.table.drop_columns(["persons", "median_seconds"]).to_pylist()
+    assert {(r["from"], r["to"]): r["transitions"] for r in analyse(ws).transitions(
+        collapse=False, counts_only=True).rows()} == raw
+    with pytest.raises(ValidationError, match="counts_only"):
+        analyse(ws).transitions(counts_only="yes")  # type: ignore[arg-type]
     top = analyse(ws).transitions(top=1).rows()
     assert [(r["from"], r["to"]) for r in top] == [("Checkout", "Payment")]
     only = analyse(ws).transitions(events=["Checkout", "Done"]).rows()
@@ -386,6 +411,13 @@ def test_journeys_http_api(ws: bowknot.Workspace, admin_token: str) -> None:
             ws.persons.resolve("u2")]
         assert client.get("/v1/journeys/cohorts", headers=auth).json()[0]["name"] == (
             "no-booking")
+        counts = client.get("/v1/journeys/transitions", headers=auth,
+                            params={"collapse": "false", "counts_only": "true"})
+        assert counts.status_code == 200 and counts.json()["params"]["counts_only"] is True
+        assert [(r["from"], r["to"], r["transitions"]) for r in counts.json()["rows"]] == [
+            ("Campaign Clicked", "Booking Completed", 1),
+            ("Campaign Clicked", "Page Seen", 1)]
+        assert "persons" not in counts.json()["rows"][0]
         for path, params in (("retention", {"start": "Campaign Clicked"}),
                              ("transitions", {}),
                              ("touchpoints", {"outcome": "Booking Completed"}),

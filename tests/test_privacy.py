@@ -142,6 +142,10 @@ def test_delete_reaches_survey_invitations_cases_and_cohorts(ws: bowknot.Workspa
         {"invitation_id": bob["invitation_id"]}]
     members = ws.sql("SELECT person_id FROM cohort_members")
     assert members == [{"person_id": ws.persons.resolve("bob")}]  # Mina left, Bob stays
+    # An analysis after the delete (no build between) does not find her either: the
+    # journal's companions lost her rows too.
+    again = ws.journeys.cohort("identify", "Never Happens", within="1d")
+    assert [r["person_id"] for r in again.rows()] == [ws.persons.resolve("bob")]
 
 
 def test_a_survey_send_to_an_unknown_cohort_says_so(ws: bowknot.Workspace) -> None:

@@ -108,17 +108,21 @@ def retention(start: str, back: str | None, period: str, periods: int, engine: s
               help="Only these steps (repeatable); others are left out before pairing.")
 @click.option("--keep-repeats", is_flag=True, help="Do not collapse repeated steps.")
 @click.option("--top", default=20, show_default=True, type=int, help="Most taken edges.")
+@click.option("--counts-only", is_flag=True,
+              help="Only how often and the probabilities: no persons or median time per edge "
+              "(faster on many events).")
 @engine_option
 @db_option
 @format_json
 @format_csv
-def transitions(events: tuple[str, ...], keep_repeats: bool, top: int, engine: str, db: Path,
-                as_json: bool, as_csv: bool) -> None:
+def transitions(events: tuple[str, ...], keep_repeats: bool, top: int, counts_only: bool,
+                engine: str, db: Path, as_json: bool, as_csv: bool) -> None:
     """The transition graph: for each pair of consecutive steps, how often, by how many
     persons, probability out and in, median time between them."""
     with journeys_on(db, engine) as journeys:
         result = journeys.transitions(events=list(events) or None,
-                                      collapse=not keep_repeats, top=top)
+                                      collapse=not keep_repeats, top=top,
+                                      counts_only=counts_only)
     _emit(result, as_json, as_csv, "transitions")
 
 

@@ -175,6 +175,10 @@ class Privacy:
             ("person_traits", "person_id = ?", [pid]),
             ("journey_events", """person_id = ?
                 OR seq IN (SELECT CAST(key // 2 AS BIGINT) FROM p_events)""", [pid]),
+            # The journal's companions (journal.py): before the person numbers go.
+            ("journey_steps", """pkey IN (SELECT pkey FROM journey_persons WHERE person_id = ?)
+                OR seq IN (SELECT CAST(key // 2 AS BIGINT) FROM p_events)""", [pid]),
+            ("journey_persons", "person_id = ?", [pid]),
             ("person_redirects", "person_id = ? OR old_person_id = ?", [pid, pid]),
             ("identity_log", """person_id = ? OR other_person_id = ?
                 OR list_has_any(nodes, (SELECT list(node) FROM p_nodes))

@@ -59,7 +59,8 @@ class Journeys:
         question = Funnel(steps, within=within, order=order, entry=entry,
                           exclusions=exclusions, breakdown=breakdown)
         self._ready()
-        return question.run(self.engine)
+        with self.engine.analysis():
+            return question.run(self.engine)
 
     def cohort(self, did: StepSpec, did_not: StepSpec, *, within: str | int | timedelta,
                traits: Sequence[str] = (), save_as: str | None = None) -> CohortResult:
@@ -69,7 +70,8 @@ class Journeys:
         if save_as is not None:
             self.cohorts._check(save_as)
         self._ready()
-        result = question.run(self.engine)
+        with self.engine.analysis():
+            result = question.run(self.engine)
         if save_as is not None:
             self.cohorts.save(save_as, result)
         return result
@@ -80,14 +82,18 @@ class Journeys:
         default ``start`` again) in each later period. See :mod:`.retention`."""
         question = Retention(start, back, period=period, periods=periods)
         self._ready()
-        return question.run(self.engine)
+        with self.engine.analysis():
+            return question.run(self.engine)
 
     def transitions(self, *, events: Sequence[str] | None = None, collapse: bool = True,
-                    top: int | None = None) -> Result:
-        """The transition graph between steps (see :mod:`.paths`)."""
-        question = Transitions(events=events, collapse=collapse, top=top)
+                    top: int | None = None, counts_only: bool = False) -> Result:
+        """The transition graph between steps (see :mod:`.paths`); ``counts_only`` leaves
+        out the persons and median seconds per edge (faster)."""
+        question = Transitions(events=events, collapse=collapse, top=top,
+                               counts_only=counts_only)
         self._ready()
-        return question.run(self.engine)
+        with self.engine.analysis():
+            return question.run(self.engine)
 
     def touchpoints(self, outcome: StepSpec, *, within: str | int | timedelta = "7d",
                     value: str | None = None) -> Result:
@@ -96,14 +102,16 @@ class Journeys:
         question = Touchpoints(outcome, within=within, value=value,
                                touch_events=split_list(self.ws.settings.touch_events))
         self._ready()
-        return question.run(self.engine)
+        with self.engine.analysis():
+            return question.run(self.engine)
 
     def bowtie(self, by: str = "channel") -> Result:
         """Visitors -> known -> customers -> repeat customers, by acquisition channel, by the
         month first seen, or in all (``by="none"``). See :mod:`.bowtie`."""
         question = BowTie(self.ws.settings.booking_event, by=by)
         self._ready()
-        return question.run(self.engine)
+        with self.engine.analysis():
+            return question.run(self.engine)
 
     def attribution(self, conversion: StepSpec, *, by: str = "channel") -> Result:
         """First, last, linear and Markov (removal effect) attribution of ``conversion`` to
@@ -111,13 +119,15 @@ class Journeys:
         question = Attribution(conversion, by=by,
                                touch_events=split_list(self.ws.settings.touch_events))
         self._ready()
-        return question.run(self.engine)
+        with self.engine.analysis():
+            return question.run(self.engine)
 
     def sankey(self, anchor: str, *, depth: int = 4, top: int = 10) -> Result:
         """The step-by-step flow from each person's first ``anchor`` (see :mod:`.paths`)."""
         question = Sankey(anchor, depth=depth, top=top)
         self._ready()
-        return question.run(self.engine)
+        with self.engine.analysis():
+            return question.run(self.engine)
 
     def close(self) -> None:
         self.engine.close()

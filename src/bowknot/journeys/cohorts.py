@@ -56,15 +56,28 @@ class Cohort:
                 "within_seconds": self.within, "traits": self.traits}
 
     def _entered(self, engine: Engine) -> tuple[ir.Table, ir.Table, list[ir.BooleanValue]]:
-        """Each person's first A (``pkey``, ``person_id``, ``entered_at``), the B events
-        and the predicates of "B followed A within T"; matched on the person numbers
-        (integer joins instead of text ones)."""
-        ev = engine.events()
-        a = ev.filter(self.did.predicate(engine, ev))
-        a = a.group_by(a.pkey).aggregate(person_id=a.person_id.max(), entered_at=a.ts.min())
-        b = ev.filter(self.did_not.predicate(engine, ev)).select(bkey=ev.pkey, tb=ev.ts)
+        """Each person's first A (``pkey``, ``entered_at``), the B events and the
+        predicates of "B followed A within T"; matched on the person numbers (integer joins
+        instead of text ones), the person ids joined to the answer only."""
+        a = engine.step_events(self.did)
+        a = a.group_by(a.pkey).aggregate(entered_at=a.ts.min())
+        b = engine.step_events(self.did_not)
+        b = b.select(bkey=b.pkey, tb=b.ts)
         return a, b, [a.pkey == b.bkey, b.tb > a.entered_at,
                       b.tb <= a.entered_at + ibis.interval(seconds=self.within)]
+
+    def _ids(self, engine: Engine, m: ir.Table) -> ir.Table:
+        """``m`` (``pkey``, ...) with each person's ``person_id`` and the traits asked for."""
+        p = engine.persons()
+        p = p.select(ikey=p.pkey, person_id=p.person_id)
+        j = m.inner_join(p, m.pkey == p.ikey)
+        m = j.select("person_id", *(c for c in m.columns))
+        for trait in self.traits:
+            tr = engine.traits()
+            tr = tr.filter(tr.trait == trait).select(tpid=tr.person_id, tv=tr.value)
+            j = m.left_join(tr, m.person_id == tr.tpid)
+            m = j.select(*m.columns, **{trait: j.tv})
+        return m
 
     def entries(self, engine: Engine) -> ir.Table:
         """Every person who did A: ``person_id``, ``entered_at``, ``converted``."""
@@ -72,34 +85,40 @@ class Cohort:
         converted = a.semi_join(b, on)
         flagged = converted.select(ckey=converted.pkey, converted=ibis.literal(True))
         j = a.left_join(flagged, a.pkey == flagged.ckey)
-        return j.select(person_id=j.person_id, entered_at=j.entered_at,
-                        converted=j.converted.fill_null(False))
+        e = j.select(pkey=j.pkey, entered_at=j.entered_at,
+                     converted=j.converted.fill_null(False))
+        e = self._ids(engine, e)
+        return e.select("person_id", "entered_at", "converted")
 
-    def members(self, engine: Engine, entries: ir.Table | None = None) -> ir.Table:
-        if entries is None:  # an anti join: the persons without a B in time
-            a, b, on = self._entered(engine)
-            m = a.anti_join(b, on).select("person_id", "entered_at")
-        else:
-            m = entries.filter(~entries.converted).select("person_id", "entered_at")
-        for trait in self.traits:
-            tr = engine.traits()
-            tr = tr.filter(tr.trait == trait).select(tpid=tr.person_id, tv=tr.value)
-            j = m.left_join(tr, m.person_id == tr.tpid)
-            m = j.select(*m.columns, **{trait: j.tv})
-        return m.order_by("person_id")
+    def _members(self, engine: Engine) -> tuple[ir.Table, ir.Table]:
+        """The members by an anti join (the persons without a B in time), with ``pkey``,
+        and the count of persons who did A."""
+        a, b, on = self._entered(engine)
+        m = self._ids(engine, a.anti_join(b, on).select("pkey", "entered_at"))
+        return m, a.aggregate(entered=a.count())
+
+    def members(self, engine: Engine) -> ir.Table:
+        """The members: ``person_id``, ``entered_at``, the traits asked for."""
+        m, _ = self._members(engine)
+        return m.drop("pkey").order_by("person_id")
 
     def run(self, engine: Engine) -> CohortResult:
-        # One query: the members (an anti join, as the hand-written SQL does it) with, on
-        # every row, how many entered; the others converted.
-        a, _, _ = self._entered(engine)
-        counts = a.aggregate(entered=a.count())
-        table = engine.to_arrow(self.members(engine).cross_join(counts).order_by("person_id"))
+        # One query: the members (an anti join on the person numbers, as the hand-written
+        # SQL does it) with, on every row, how many entered; the others converted. Sorted
+        # here by the person number, which counts the persons in person_id order.
+        def answer() -> ir.Table:
+            m, counts = self._members(engine)
+            return m.cross_join(counts)
+
+        key = ("cohort", json.dumps(self.definition(), sort_keys=True))
+        table = engine.to_arrow(engine.expression(key, answer))
         if table.num_rows:
             entered = int(table.column("entered")[0].as_py() or 0)
         else:  # nobody in the cohort: the count alone
+            counts = self._members(engine)[1]
             entered = int(engine.to_arrow(counts).to_pylist()[0]["entered"] or 0)
         converted = entered - table.num_rows
-        table = table.drop_columns(["entered"])
+        table = table.sort_by("pkey").drop_columns(["pkey", "entered"])
         return CohortResult("cohort", self.definition(), table, engine.name, extra={
             "entered": entered, "persons": entered - converted,
             "converted_share": converted / entered if entered else None})

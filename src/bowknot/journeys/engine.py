@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -30,8 +31,10 @@ from ..errors import BowknotError
 
 if TYPE_CHECKING:
     from ..workspace import Workspace
+    from .steps import Step
 
 ENGINES = ("duckdb", "spark")
+COMPILED = 64  # questions whose SQL the DuckDB engine keeps
 
 # The columns every analysis reads (see docs/journeys.md):
 #   person_id  the person of the event as of the last build
@@ -100,6 +103,21 @@ class Engine:
     def traits(self) -> ir.Table:
         raise NotImplementedError
 
+    def step_events(self, step: Step) -> ir.Table:
+        """The events of ``step``: ``pkey``, ``ts``, ``seq``."""
+        ev = self.events()
+        return ev.filter(step.predicate(self, ev)).select("pkey", "ts", "seq")
+
+    def persons(self) -> ir.Table:
+        """The person numbers and ids: ``pkey``, ``person_id`` (one row per person)."""
+        ev = self.events()
+        return ev.group_by(ev.pkey).aggregate(person_id=ev.person_id.max())
+
+    def labels(self) -> ir.Table:
+        """The step numbers and labels: ``ekey``, ``event`` (one row per label)."""
+        ev = self.events()
+        return ev.group_by(ev.ekey).aggregate(event=ev.event.max())
+
     def json_text(self, doc: ir.StringValue, path: str) -> ir.StringValue:
         """The text of the JSON value at ``path`` (``$.a.b``) of the JSON text ``doc``."""
         raise NotImplementedError
@@ -110,6 +128,15 @@ class Engine:
     def to_arrow(self, expr: ir.Table) -> pa.Table:
         table: pa.Table = expr.to_pyarrow()
         return table
+
+    @contextmanager
+    def analysis(self) -> Iterator[None]:
+        """One analysis: the engine's tables stay as they are until it ends."""
+        yield
+
+    def expression(self, key: Hashable, build: Callable[[], ir.Table]) -> ir.Table:
+        """The expression of the question ``key`` (its definition), made by ``build``."""
+        return build()
 
     @contextmanager
     def materialized(self, expr: ir.Table) -> Iterator[ir.Table]:
@@ -130,11 +157,97 @@ class DuckDBEngine(Engine):
     name = "duckdb"
     asof = True
 
+    def __init__(self, ws: Workspace) -> None:
+        super().__init__(ws)
+        # The journal's tables as Ibis expressions (each lookup asks DuckDB for the schema)
+        # and, per thread, whether an analysis is under way (the journal was brought up to
+        # date when it began: checked once per analysis, not once per table read).
+        self._tables: dict[str, ir.Table] = {}
+        self._local = threading.local()
+        self._compiled: dict[Any, str] = {}  # the SQL of recent questions
+        self._expressions: dict[Hashable, ir.Table] = {}
+        self._compiling = threading.Lock()
+
+    @contextmanager
+    def analysis(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if not depth:
+            self._refresh()
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+
+    def _refresh(self) -> None:
+        if journal.refresh(self.ws):
+            self._tables.clear()
+            self._expressions.clear()
+
+    def expression(self, key: Hashable, build: Callable[[], ir.Table]) -> ir.Table:
+        """Kept per question until the journal is rewritten: making the Ibis expression of a
+        cohort costs about 15 ms, a fifth of its answer at 20 M events."""
+        found = self._expressions.get(key)
+        if found is None:
+            found = build()
+            with self._compiling:
+                self._expressions[key] = found
+                while len(self._expressions) > COMPILED:
+                    del self._expressions[next(iter(self._expressions))]
+        return found
+
+    def _table(self, name: str) -> ir.Table:
+        """A journal table, the journal brought up to date first (outside an analysis)."""
+        if not getattr(self._local, "depth", 0):
+            self._refresh()
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = self.ws.table(name)
+        return table
+
     def events(self) -> ir.Table:
-        return normalised_events(self.ws)
+        return self._table("journey_events")
+
+    def to_arrow(self, expr: ir.Table) -> pa.Table:
+        """The answer of ``expr``, its SQL compiled once per question: compiling the Ibis
+        expression costs 15-30 ms, a quarter to a half of a cohort's time at 20 M events
+        (the same question asked again, e.g. by a dashboard, runs the SQL it had)."""
+        from ibis.backends.duckdb.converter import DuckDBPyArrowData
+
+        backend = self.ws.store.ibis
+        key = expr.op()
+        with self._compiling:
+            sql = self._compiled.pop(key, None)
+        if sql is None:
+            backend._run_pre_execute_hooks(expr)
+            sql = backend.compile(expr)
+        with self._compiling:
+            self._compiled[key] = sql  # most recently used last
+            while len(self._compiled) > COMPILED:
+                del self._compiled[next(iter(self._compiled))]
+        table: pa.Table = expr.__pyarrow_result__(backend.con.sql(sql).to_arrow_table(),
+                                                  data_mapper=DuckDBPyArrowData)
+        return table
 
     def traits(self) -> ir.Table:
         return normalised_traits(self.ws)
+
+    def step_events(self, step: Step) -> ir.Table:
+        """A step without property filters from the journal's ``journey_steps`` companion,
+        clustered by step: the join on the label's number lets DuckDB skip the row groups
+        of every other step (the same rows as the portable filter)."""
+        if step.where:
+            return super().step_events(step)
+        steps, labels = self._table("journey_steps"), self.labels()
+        label = labels.filter(labels.event == step.event).select(lkey=labels.ekey)
+        j = steps.inner_join(label, steps.ekey == label.lkey)
+        return j.select("pkey", "ts", "seq")
+
+    def persons(self) -> ir.Table:
+        return self._table("journey_persons")
+
+    def labels(self) -> ir.Table:
+        return self._table("journey_labels")
 
     def json_text(self, doc: ir.StringValue, path: str) -> ir.StringValue:
         out: ir.StringValue = _duckdb_json_text(doc, path)

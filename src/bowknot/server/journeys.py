@@ -76,10 +76,13 @@ async def retention(request: Request, start: str, back: str | None = None,
 @router.get("/transitions", summary="The transition graph between steps")
 async def transitions(request: Request,
                       event: Annotated[list[str] | None, Query(description="only these")] = None,
-                      collapse: bool = True, top: int | None = 50) -> JSONResponse:
+                      collapse: bool = True, top: int | None = 50,
+                      counts_only: Annotated[bool, Query(
+                          description="no persons or median seconds per edge (faster)")] = False,
+                      ) -> JSONResponse:
     ws = _ws(request)
     result = await run_in_threadpool(lambda: ws.journeys.transitions(
-        events=event or None, collapse=collapse, top=top))
+        events=event or None, collapse=collapse, top=top, counts_only=counts_only))
     return _json(result.to_dict())
 
 
