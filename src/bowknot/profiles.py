@@ -21,7 +21,7 @@ from __future__ import annotations
 import duckdb
 
 from .errors import ValidationError
-from .identity import hinted, key_of, split_list, ts_of
+from .identity import RAW_JSON, RAW_TEXT, hinted, key_of, split_list, ts_of
 from .settings import Settings
 from .store.engine import run
 
@@ -41,19 +41,20 @@ DDL: tuple[str, ...] = (
     # Per identifier and trait, the partial its strategy needs: the value at the greatest
     # order ``o`` (event time then key as one HUGEINT, see ORDER_KEY; negated for ``first``,
     # so every strategy keeps a maximum), the sum, or the distinct values.
-    """CREATE TABLE IF NOT EXISTS trait_stats (
-        node UBIGINT, trait VARCHAR, o HUGEINT, v JSON, total DECIMAL(38, 4),
-        vals VARCHAR[])""",
-    """CREATE TABLE IF NOT EXISTS persons (
-        person_id VARCHAR, root_type VARCHAR, root_value VARCHAR, first_seen TIMESTAMP,
-        last_seen TIMESTAMP, known_at TIMESTAMP, identifiers INTEGER, cluster UBIGINT)""",
+    f"""CREATE TABLE IF NOT EXISTS trait_stats (
+        node UBIGINT, trait {RAW_TEXT}, o HUGEINT, v {RAW_JSON}, total DECIMAL(38, 4),
+        vals VARCHAR[] USING COMPRESSION uncompressed)""",
+    f"""CREATE TABLE IF NOT EXISTS persons (
+        person_id {RAW_TEXT}, root_type {RAW_TEXT}, root_value {RAW_TEXT},
+        first_seen TIMESTAMP, last_seen TIMESTAMP, known_at TIMESTAMP, identifiers INTEGER,
+        cluster UBIGINT)""",
     f"""CREATE TABLE IF NOT EXISTS profile_features (
-        person_id VARCHAR, events BIGINT, pages BIGINT, screens BIGINT, tracks BIGINT,
+        person_id {RAW_TEXT}, events BIGINT, pages BIGINT, screens BIGINT, tracks BIGINT,
         identifies BIGINT, bookings BIGINT, revenue DECIMAL(38, 4),
         first_booking_at TIMESTAMP, last_booking_at TIMESTAMP, last_event_at TIMESTAMP,
         last_touch {_TOUCH})""",
-    """CREATE TABLE IF NOT EXISTS person_traits (
-        person_id VARCHAR, trait VARCHAR, value JSON, strategy VARCHAR)""",
+    f"""CREATE TABLE IF NOT EXISTS person_traits (
+        person_id {RAW_TEXT}, trait {RAW_TEXT}, value {RAW_JSON}, strategy {RAW_TEXT})""",
 )
 
 
