@@ -272,34 +272,50 @@ def update_graph(con: duckdb.DuckDBPyConnection, full: bool = False) -> None:
 def _components(con: duckdb.DuckDBPyConnection) -> int:
     """Connected components of ``b_aff`` over ``b_edges``: ``b_cc(node, comp)``, comp = min node.
 
-    Label propagation with pointer jumping: each round every node takes the smallest label
-    among itself and its neighbours, then the label of its label. Rounds ~ log(diameter).
+    First every linked node takes the smallest node of its closed neighbourhood (one pass over
+    the links), which already settles star-shaped clusters (a user id and its devices and
+    e-mail); the links between different labels form a contracted graph, a fraction of the
+    size, whose components are found by label propagation with pointer jumping (each round
+    every label takes the smallest among itself and its neighbours, then the label of its
+    label; rounds ~ log(diameter)). A node's component is that of its first label. Returns
+    the number of passes (the first one counted).
     """
     # Only linked identifiers take part; every other one is a cluster of its own.
-    run(con, """CREATE OR REPLACE TEMP TABLE b_cc AS
-        SELECT a AS node, a AS comp FROM b_edges UNION SELECT b, b FROM b_edges""")
-    rounds = 0
-    while True:
+    run(con, """CREATE OR REPLACE TEMP TABLE b_first AS
+        SELECT node, min(comp) AS comp FROM (
+          SELECT a AS node, least(a, b) AS comp FROM b_edges
+          UNION ALL SELECT b, least(a, b) FROM b_edges)
+        GROUP BY node""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_cedges AS
+        SELECT DISTINCT least(x.comp, y.comp) AS a, greatest(x.comp, y.comp) AS b
+        FROM b_edges e JOIN b_first x ON x.node = e.a JOIN b_first y ON y.node = e.b
+        WHERE x.comp <> y.comp""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_cl AS
+        SELECT a AS node, a AS comp FROM b_cedges UNION SELECT b, b FROM b_cedges""")
+    rounds = 1
+    while run(con, "SELECT count(*) FROM (SELECT 1 FROM b_cedges LIMIT 1)")[0][0]:
         rounds += 1
         run(con, """CREATE OR REPLACE TEMP TABLE b_cc2 AS
             WITH step AS (
               SELECT node, min(comp) AS comp FROM (
-                SELECT node, comp FROM b_cc
-                UNION ALL SELECT e.b, c.comp FROM b_edges e JOIN b_cc c ON e.a = c.node
-                UNION ALL SELECT e.a, c.comp FROM b_edges e JOIN b_cc c ON e.b = c.node)
+                SELECT node, comp FROM b_cl
+                UNION ALL SELECT e.b, c.comp FROM b_cedges e JOIN b_cl c ON e.a = c.node
+                UNION ALL SELECT e.a, c.comp FROM b_cedges e JOIN b_cl c ON e.b = c.node)
               GROUP BY node)
             SELECT s.node, least(s.comp, j.comp) AS comp
             FROM step s JOIN step j ON j.node = s.comp""")
-        run(con, "DROP TABLE b_cc")
-        run(con, "ALTER TABLE b_cc2 RENAME TO b_cc")
+        run(con, "DROP TABLE b_cl")
+        run(con, "ALTER TABLE b_cc2 RENAME TO b_cl")
         # Done when every link joins equal labels: a label is always a node of the component
         # and the smallest node keeps its own, so a uniform component carries its minimum.
-        if not run(con, """SELECT count(*) FROM (SELECT 1 FROM b_edges e
-                           JOIN b_cc x ON x.node = e.a JOIN b_cc y ON y.node = e.b
+        if not run(con, """SELECT count(*) FROM (SELECT 1 FROM b_cedges e
+                           JOIN b_cl x ON x.node = e.a JOIN b_cl y ON y.node = e.b
                            WHERE x.comp <> y.comp LIMIT 1)""")[0][0]:
             break
-    run(con, """INSERT INTO b_cc SELECT node, node FROM b_aff
-                ANTI JOIN b_cc USING (node)""")
+    run(con, """CREATE OR REPLACE TEMP TABLE b_cc AS
+        SELECT f.node, coalesce(c.comp, f.comp) AS comp
+        FROM b_first f LEFT JOIN b_cl c ON c.node = f.comp
+        UNION ALL SELECT node, node FROM b_aff ANTI JOIN b_first USING (node)""")
     return rounds
 
 
