@@ -228,10 +228,13 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
 
 def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool) -> int:
     """Rewrite persons, features and traits of every person touched by this build."""
+    # A full build reads this build's own temporary copies of the tables it has just
+    # rewritten (the same rows), not the persistent tables written back from the disk.
+    node_stats, trait_stats = ("b_stats", "b_tr") if full else ("node_stats", "trait_stats")
     if full:  # every person
         for table in ("persons", "profile_features", "person_traits"):
             run(con, f"DELETE FROM {table}")
-        run(con, "CREATE OR REPLACE TEMP VIEW b_pnodes AS SELECT * FROM identities")
+        run(con, "CREATE OR REPLACE TEMP VIEW b_pnodes AS SELECT * FROM b_new")
     else:
         run(con, """CREATE OR REPLACE TEMP TABLE b_pset AS
             SELECT person_id FROM b_persons
@@ -253,11 +256,11 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
     # partials as they are; only persons with several go through the aggregation.
     run(con, f"""INSERT INTO person_traits
         WITH pn AS MATERIALIZED (
-          SELECT i.person_id, i.node FROM b_pnodes i SEMI JOIN trait_stats t USING (node)),
+          SELECT i.person_id, i.node FROM b_pnodes i SEMI JOIN {trait_stats} t USING (node)),
         several AS (SELECT person_id FROM pn GROUP BY person_id HAVING count(*) > 1),
         tp AS MATERIALIZED (
           SELECT p.person_id, p.person_id IN (SELECT person_id FROM several) AS grouped, t.*
-          FROM pn p JOIN trait_stats t USING (node))
+          FROM pn p JOIN {trait_stats} t USING (node))
         SELECT person_id, trait,
                CASE strategy WHEN 'sum' THEN total::DOUBLE::VARCHAR::JSON
                     WHEN 'union' THEN ('[' || array_to_string(vals, ',') || ']')::JSON
@@ -270,7 +273,7 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                     UNION ALL
                     SELECT person_id, trait, {TRAIT_COMBINE}
                     FROM tp WHERE grouped GROUP BY person_id, trait))""")
-    run(con, """INSERT INTO profile_features
+    run(con, f"""INSERT INTO profile_features
         WITH f AS (
           SELECT i.person_id, sum(s.events) AS events, sum(s.pages) AS pages,
                  sum(s.screens) AS screens, sum(s.tracks) AS tracks,
@@ -279,7 +282,7 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                  max(s.last_booking_at) AS last_booking_at,
                  max(s.last_event_at) AS last_event_at,
                  arg_max(s.last_touch, s.last_touch_o) AS last_touch
-          FROM b_pnodes i JOIN node_stats s USING (node) GROUP BY i.person_id)
+          FROM b_pnodes i JOIN {node_stats} s USING (node) GROUP BY i.person_id)
         SELECT p.person_id, coalesce(f.events, 0), coalesce(f.pages, 0),
                coalesce(f.screens, 0), coalesce(f.tracks, 0), coalesce(f.identifies, 0),
                coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
