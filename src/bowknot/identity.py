@@ -389,14 +389,24 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     # group: the anchor for multi-anchor clusters, else the cluster; root: the first seen node.
     limit_cases = " ".join(f"WHEN '{t}' THEN {n}" for t, n in per_type.items())
     limit_sql = f"CASE id_type {limit_cases} ELSE {default_limit or 2**31} END"
+    # Only the groups holding more identifiers of a type than its limit are ranked (a hash
+    # count per group and type is much cheaper than sorting every identifier).
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_final AS
-        SELECT node, id_type, id_value, comp AS cluster, first_seen, last_seen,
-               CASE WHEN over_limit THEN node ELSE grp END AS grp,
-               CASE WHEN over_limit THEN 'over_limit' ELSE 'linked' END AS status
-        FROM (SELECT *, row_number() OVER (PARTITION BY grp, id_type ORDER BY first_seen, node)
-                        > {limit_sql} AS over_limit
-              FROM (SELECT n.*, coalesce(l.best.anchor, n.comp) AS grp
-                    FROM b_nodes n LEFT JOIN b_lab l USING (node)))""")
+        WITH g AS MATERIALIZED (
+          SELECT n.*, coalesce(l.best.anchor, n.comp) AS grp
+          FROM b_nodes n LEFT JOIN b_lab l USING (node)),
+        big AS (SELECT grp, id_type FROM g GROUP BY grp, id_type
+                HAVING count(*) > any_value({limit_sql})),
+        over AS (SELECT node FROM (
+                   SELECT node, row_number() OVER (PARTITION BY grp, id_type
+                                                   ORDER BY first_seen, node)
+                                > {limit_sql} AS over_limit
+                   FROM g SEMI JOIN big USING (grp, id_type))
+                 WHERE over_limit)
+        SELECT g.node, g.id_type, g.id_value, g.comp AS cluster, g.first_seen, g.last_seen,
+               CASE WHEN o.node IS NOT NULL THEN g.node ELSE g.grp END AS grp,
+               CASE WHEN o.node IS NOT NULL THEN 'over_limit' ELSE 'linked' END AS status
+        FROM g LEFT JOIN over o USING (node)""")
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_new AS
         WITH roots AS (  -- the person id once per person, not once per identifier
           SELECT grp, {person_id_sql('root.t', 'root.v')} AS person_id, root.n AS root
