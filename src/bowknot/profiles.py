@@ -21,7 +21,7 @@ from __future__ import annotations
 import duckdb
 
 from .errors import ValidationError
-from .identity import hinted, key_of, split_list, ts_of
+from .identity import RAW_JSON, RAW_TEXT, hinted, key_of, split_list, ts_of
 from .settings import Settings
 from .store.engine import run
 
@@ -41,19 +41,20 @@ DDL: tuple[str, ...] = (
     # Per identifier and trait, the partial its strategy needs: the value at the greatest
     # order ``o`` (event time then key as one HUGEINT, see ORDER_KEY; negated for ``first``,
     # so every strategy keeps a maximum), the sum, or the distinct values.
-    """CREATE TABLE IF NOT EXISTS trait_stats (
-        node UBIGINT, trait VARCHAR, o HUGEINT, v JSON, total DECIMAL(38, 4),
-        vals VARCHAR[])""",
-    """CREATE TABLE IF NOT EXISTS persons (
-        person_id VARCHAR, root_type VARCHAR, root_value VARCHAR, first_seen TIMESTAMP,
-        last_seen TIMESTAMP, known_at TIMESTAMP, identifiers INTEGER, cluster UBIGINT)""",
+    f"""CREATE TABLE IF NOT EXISTS trait_stats (
+        node UBIGINT, trait {RAW_TEXT}, o HUGEINT, v {RAW_JSON}, total DECIMAL(38, 4),
+        vals VARCHAR[] USING COMPRESSION uncompressed)""",
+    f"""CREATE TABLE IF NOT EXISTS persons (
+        person_id {RAW_TEXT}, root_type {RAW_TEXT}, root_value {RAW_TEXT},
+        first_seen TIMESTAMP, last_seen TIMESTAMP, known_at TIMESTAMP, identifiers INTEGER,
+        cluster UBIGINT)""",
     f"""CREATE TABLE IF NOT EXISTS profile_features (
-        person_id VARCHAR, events BIGINT, pages BIGINT, screens BIGINT, tracks BIGINT,
+        person_id {RAW_TEXT}, events BIGINT, pages BIGINT, screens BIGINT, tracks BIGINT,
         identifies BIGINT, bookings BIGINT, revenue DECIMAL(38, 4),
         first_booking_at TIMESTAMP, last_booking_at TIMESTAMP, last_event_at TIMESTAMP,
         last_touch {_TOUCH})""",
-    """CREATE TABLE IF NOT EXISTS person_traits (
-        person_id VARCHAR, trait VARCHAR, value JSON, strategy VARCHAR)""",
+    f"""CREATE TABLE IF NOT EXISTS person_traits (
+        person_id {RAW_TEXT}, trait {RAW_TEXT}, value {RAW_JSON}, strategy {RAW_TEXT})""",
 )
 
 
@@ -227,10 +228,13 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
 
 def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool) -> int:
     """Rewrite persons, features and traits of every person touched by this build."""
+    # A full build reads this build's own temporary copies of the tables it has just
+    # rewritten (the same rows), not the persistent tables written back from the disk.
+    node_stats, trait_stats = ("b_stats", "b_tr") if full else ("node_stats", "trait_stats")
     if full:  # every person
         for table in ("persons", "profile_features", "person_traits"):
             run(con, f"DELETE FROM {table}")
-        run(con, "CREATE OR REPLACE TEMP VIEW b_pnodes AS SELECT * FROM identities")
+        run(con, "CREATE OR REPLACE TEMP VIEW b_pnodes AS SELECT * FROM b_new")
     else:
         run(con, """CREATE OR REPLACE TEMP TABLE b_pset AS
             SELECT person_id FROM b_persons
@@ -252,11 +256,11 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
     # partials as they are; only persons with several go through the aggregation.
     run(con, f"""INSERT INTO person_traits
         WITH pn AS MATERIALIZED (
-          SELECT i.person_id, i.node FROM b_pnodes i SEMI JOIN trait_stats t USING (node)),
+          SELECT i.person_id, i.node FROM b_pnodes i SEMI JOIN {trait_stats} t USING (node)),
         several AS (SELECT person_id FROM pn GROUP BY person_id HAVING count(*) > 1),
         tp AS MATERIALIZED (
           SELECT p.person_id, p.person_id IN (SELECT person_id FROM several) AS grouped, t.*
-          FROM pn p JOIN trait_stats t USING (node))
+          FROM pn p JOIN {trait_stats} t USING (node))
         SELECT person_id, trait,
                CASE strategy WHEN 'sum' THEN total::DOUBLE::VARCHAR::JSON
                     WHEN 'union' THEN ('[' || array_to_string(vals, ',') || ']')::JSON
@@ -269,7 +273,7 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                     UNION ALL
                     SELECT person_id, trait, {TRAIT_COMBINE}
                     FROM tp WHERE grouped GROUP BY person_id, trait))""")
-    run(con, """INSERT INTO profile_features
+    run(con, f"""INSERT INTO profile_features
         WITH f AS (
           SELECT i.person_id, sum(s.events) AS events, sum(s.pages) AS pages,
                  sum(s.screens) AS screens, sum(s.tracks) AS tracks,
@@ -278,7 +282,7 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                  max(s.last_booking_at) AS last_booking_at,
                  max(s.last_event_at) AS last_event_at,
                  arg_max(s.last_touch, s.last_touch_o) AS last_touch
-          FROM b_pnodes i JOIN node_stats s USING (node) GROUP BY i.person_id)
+          FROM b_pnodes i JOIN {node_stats} s USING (node) GROUP BY i.person_id)
         SELECT p.person_id, coalesce(f.events, 0), coalesce(f.pages, 0),
                coalesce(f.screens, 0), coalesce(f.tracks, 0), coalesce(f.identifies, 0),
                coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
