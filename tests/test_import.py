@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -173,3 +176,33 @@ def test_an_import_is_stored_in_full_row_groups(tmp_path: Path) -> None:
         ws.store.connection.execute("CHECKPOINT").fetchall()
         after = ws.sql(storage)  # the full row groups were not written again
         assert after[:2] == before[:2] and after[2]["n"] == 1000
+
+
+def test_an_import_is_parsed_two_chunks_ahead_of_its_commits(tmp_path: Path) -> None:
+    # While a chunk commits, the next two are parsed (Writer._ahead), never more: the first
+    # commit is held until two more chunks are parsed, then a while longer to see that no
+    # third one is, although the importer has submitted it.
+    f = jsonl(tmp_path / "e.jsonl", [ev(i) for i in range(6000)])
+    with bowknot.connect(tmp_path / "w.duckdb", import_chunk_bytes=150_000) as ws:
+        writer = ws.writer
+        parsed = threading.Semaphore(0)
+        count, seen = [0], []
+        prepare, commit = writer._prepare, writer._commit
+
+        def counted(con: object, group: list[Any]) -> Any:
+            out = prepare(con, group)
+            count[0] += 1
+            parsed.release()
+            return out
+
+        def held(con: object, prep: Any) -> Any:
+            if not seen:
+                assert all(parsed.acquire(timeout=10) for _ in range(3))
+                time.sleep(0.5)
+                seen.append(count[0])
+            return commit(con, prep)
+
+        writer._prepare = counted  # type: ignore[method-assign]
+        writer._commit = held  # type: ignore[method-assign]
+        assert import_file(ws, f).accepted == 6000 and count[0] >= 5
+        assert seen == [3]  # the chunk committing and two more

@@ -29,7 +29,7 @@ from .store.writer import ITEM_SCHEMA, Submission
 from .workspace import Workspace
 
 FORMATS = ("jsonl", "csv", "parquet")
-_IN_FLIGHT = 3  # chunks submitted and not yet committed (see import_file)
+_IN_FLIGHT = 4  # chunks submitted and not yet committed (see import_file)
 # DuckDB's rows per row group. A chunk of a whole number of row groups is written as full
 # row groups; a partial one left between two chunks is merged with its neighbours and
 # written again by the next checkpoint (DuckDB's vacuum), which cost as much as the insert.
@@ -204,10 +204,10 @@ def import_file(ws: Workspace, path: str | Path, *, source: str = "import",
         if progress:
             progress(result.bytes, result.rows)
 
-    # The writer parses chunk k+1 while it commits chunk k, and chunk k+2 is read meanwhile
-    # (it waits in the writer's queue): three chunks in flight, so no stage waits for the
-    # file to be read; waiting for the oldest before reading on bounds memory to about four
-    # chunks.
+    # The writer parses chunks k+1 and k+2 while it commits chunk k (Writer._lent), and
+    # chunk k+3 is read meanwhile (it waits in the writer's queue): four chunks in flight,
+    # so no stage waits for the file to be read; waiting for the oldest before reading on
+    # bounds memory to about five chunks.
     for lines, numbers, nbytes in chunks:
         result.bytes += nbytes
         if not len(lines):

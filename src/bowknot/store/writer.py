@@ -139,8 +139,13 @@ class Writer:
         # large group commits (see _run_commits): a group taken while others wait for
         # their commit splits the waiting requests into more, smaller commits of about the
         # same cost each (measured: 32 survey answers in flight made groups of 8.5 with two
-        # groups prepared ahead).
-        self._ahead = threading.Semaphore(1)
+        # groups prepared ahead). An import chunk is a commit of its own, so taking more of
+        # them splits nothing: after one, the prepare stage may run two groups ahead, and
+        # neither stage waits for the other when a chunk parses faster or slower than the
+        # commit before it (the commit appends on one thread: Writer._commit).
+        self._slots = threading.Condition()
+        self._unstarted = 0  # groups taken by the prepare stage whose commit has not begun
+        self._ahead = 1  # how many of them there may be
         self._unfolded_bytes = 0  # imported since the last checkpoint
         self._keys: KeyIndex | None = None  # loaded by the commit thread on first use
         self._hash_in_numpy: bool | None = None  # keys.event_keys matches the engine
@@ -267,7 +272,9 @@ class Writer:
         self._warm[0].set()
         try:
             while True:
-                self._ahead.acquire()  # released when the commit stage takes a group
+                with self._slots:  # a slot is freed when the commit stage takes a group
+                    self._slots.wait_for(lambda: self._unstarted < self._ahead)
+                    self._unstarted += 1
                 try:
                     group = self._take_group()
                 except BaseException as exc:  # never leave a waiter hanging on a dead writer
@@ -287,8 +294,10 @@ class Writer:
                     self._answered()
                     for sub in group:
                         sub.future.set_exception(exc)
-                    self._ahead.release()  # nothing went to the commit stage
+                    self._free_slot()  # nothing went to the commit stage
                     continue
+                with self._slots:
+                    self._ahead = 2 if prepared.origin == "import" else 1
                 self._ready.put(prepared)
         finally:
             self._ready.put(None)
@@ -311,7 +320,7 @@ class Writer:
             # CPU per answer -20 %, answers/s +20 %, benchmarks/surveys.py).
             early = sum(sub.size for sub in prepared.group) >= _AHEAD_BYTES
             if early:
-                self._ahead.release()
+                self._free_slot()
             try:
                 outcomes = self._commit(con, prepared)
             except BaseException as exc:  # every waiter must hear back, whatever happened
@@ -324,11 +333,16 @@ class Writer:
                 continue
             finally:
                 if not early:
-                    self._ahead.release()
+                    self._free_slot()
             self._answered()
             for sub, outs in zip(prepared.group, outcomes, strict=True):
                 sub.future.set_result(outs)
         con.close()
+
+    def _free_slot(self) -> None:
+        with self._slots:
+            self._unstarted -= 1
+            self._slots.notify_all()
 
     def _answered(self) -> None:
         with self._cond:
