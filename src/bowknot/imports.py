@@ -130,8 +130,9 @@ def _jsonl_chunks(stream: Any, chunk_bytes: int, group_rows: int = ROW_GROUP_ROW
     read = 0  # bytes read since the last chunk was yielded
     while True:
         # The unfinished lines of the last chunk go first and the file is read in after
-        # them: one buffer per chunk, no copy of the chunk.
-        buffer = bytearray(len(carry) + chunk_bytes)
+        # them: one buffer per chunk, no copy of the chunk, and no larger than chunk_bytes
+        # unless one line is (then it doubles until the line fits).
+        buffer = bytearray(max(chunk_bytes, 2 * len(carry)))
         buffer[: len(carry)] = carry
         got = _fill(stream, memoryview(buffer)[len(carry):])
         size = len(carry) + got
