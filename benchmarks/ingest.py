@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -213,9 +215,24 @@ async def load(url: str, key: str, bodies: list[bytes], clients: int) -> dict[st
     }
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the system's choice), so two engineers' benchmarks on
+    one machine never measure each other's server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
+    with contextlib.suppress(httpx.TransportError):
+        httpx.get(url + "/healthz", timeout=1)
+        raise RuntimeError(f"{url} is taken by another server; pass another --port")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(300):
+        if proc.poll() is not None:  # e.g. the port was taken meanwhile: never measure
+            error = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"the server exited: {error}")
         try:
             httpx.get(url + "/healthz", timeout=1)
             return proc
@@ -224,8 +241,12 @@ def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
     raise RuntimeError("server did not start")
 
 
-def bench_http(path: Path, n_events: int, clients: int) -> dict[str, Any]:
+def bench_http(path: Path, n_events: int, clients: int, port: int = 0) -> dict[str, Any]:
+    """``port``: the null peer's (bowknot's is the next one); 0 picks free ones."""
     import bowknot
+
+    peer_port = port or free_port()
+    bowknot_port = port + 1 if port else free_port()
 
     bodies = batches_from(path, n_events)
     out: dict[str, Any] = {"clients": clients, "batch_size": 100}
@@ -234,9 +255,9 @@ def bench_http(path: Path, n_events: int, clients: int) -> dict[str, Any]:
         with bowknot.connect(db) as ws:
             key = ws.access.create_source("bench")
         for name, cmd, port in (
-            ("null_http_peer", [sys.executable, "-c", NULL_SERVER, "8765"], 8765),
+            ("null_http_peer", [sys.executable, "-c", NULL_SERVER, str(peer_port)], peer_port),
             ("bowknot_serve", [sys.executable, "-m", "bowknot", "serve", "--db", str(db),
-                               "--port", "8766"], 8766),
+                               "--port", str(bowknot_port)], bowknot_port),
         ):
             url = f"http://127.0.0.1:{port}"
             proc = start(cmd, url)
@@ -266,6 +287,9 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=2_000_000, help="demo events for import")
     ap.add_argument("--http-events", type=int, default=300_000)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--port", type=int, default=0,
+                    help="HTTP: the null peer's port, bowknot's is the next; 0 (the default) "
+                    "picks free ones")
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-import", action="store_true")
     ap.add_argument("--repeat", type=int, default=1,
@@ -278,7 +302,7 @@ def main() -> None:
     }
     if not args.skip_http:
         print(f"HTTP /v1/batch, {args.http_events:,} events, {args.clients} clients:")
-        result["http"] = bench_http(path, args.http_events, args.clients)
+        result["http"] = bench_http(path, args.http_events, args.clients, args.port)
     if not args.skip_import:
         print(f"import of {path.name} ({path.stat().st_size / 1e6:,.0f} MB):")
         result["import"] = imp = bench_import(path, args.repeat)

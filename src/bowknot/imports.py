@@ -29,7 +29,11 @@ from .store.writer import ITEM_SCHEMA, Submission
 from .workspace import Workspace
 
 FORMATS = ("jsonl", "csv", "parquet")
-_IN_FLIGHT = 3  # chunks submitted and not yet committed (see import_file)
+_IN_FLIGHT = 4  # chunks submitted and not yet committed (see import_file)
+# DuckDB's rows per row group. A chunk of a whole number of row groups is written as full
+# row groups; a partial one left between two chunks is merged with its neighbours and
+# written again by the next checkpoint (DuckDB's vacuum), which cost as much as the insert.
+ROW_GROUP_ROWS = 122_880
 SPEC_COLUMNS = {
     "type", "event", "name", "userId", "anonymousId", "messageId", "timestamp",
     "originalTimestamp", "sentAt", "receivedAt", "groupId", "previousId", "source",
@@ -112,50 +116,64 @@ def _fill(stream: Any, view: memoryview) -> int:
     return filled
 
 
-def _jsonl_chunks(stream: Any, chunk_bytes: int
+def _jsonl_chunks(stream: Any, chunk_bytes: int, group_rows: int = ROW_GROUP_ROWS
                   ) -> Iterator[tuple[pa.Array, np.ndarray[Any, Any], int]]:
-    """Yield (lines, line_numbers, bytes_read) for non-blank lines, chunk by chunk."""
+    """Yield (lines, line_numbers, bytes_read) for non-blank lines, chunk by chunk.
+
+    A chunk ends after a whole number of ``group_rows`` lines when the bytes read hold at
+    least that many (the rest is carried to the next chunk), so each chunk fills whole row
+    groups of the events table: see ``ROW_GROUP_ROWS``.
+    """
     carry = b""
+    carry_ends = np.empty(0, dtype=np.int64)  # newline offsets in carry, already found
     line_no = 1
+    read = 0  # bytes read since the last chunk was yielded
     while True:
-        # The unfinished line of the last chunk goes first and the file is read in after
-        # it: one buffer per chunk, no copy of the chunk.
-        buffer = bytearray(len(carry) + chunk_bytes)
+        # The unfinished lines of the last chunk go first and the file is read in after
+        # them: one buffer per chunk, no copy of the chunk, and no larger than chunk_bytes
+        # unless one line is (then it doubles until the line fits).
+        buffer = bytearray(max(chunk_bytes, 2 * len(carry)))
         buffer[: len(carry)] = carry
         got = _fill(stream, memoryview(buffer)[len(carry):])
         size = len(carry) + got
+        read += got
         if not size:
             return
+        if not got and buffer[size - 1] != 10:  # the last line has no newline: add one
+            del buffer[size:]
+            buffer.append(10)
+            size += 1
+        buf = np.frombuffer(memoryview(buffer)[:size], dtype=np.uint8)
+        ends = np.concatenate((carry_ends, _newlines(buf[len(carry):]) + len(carry)))
+        if not len(ends):  # one line longer than a chunk: read on
+            carry = bytes(buffer[:size])
+            continue
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        lengths = ends + 1 - starts
+        blank = (lengths == 1) | ((lengths == 2) & (buf[np.maximum(ends - 1, 0)] == 13))
+        last = len(ends)  # lines in this chunk
         if got:
-            cut = buffer.rfind(b"\n", 0, size) + 1
-            if cut == 0:  # one line longer than a chunk: read on
-                carry = bytes(buffer[:size])
-                continue
-            carry = bytes(buffer[cut:size])
-        else:
-            cut = size
-            carry = b""
-            if buffer[size - 1] != 10:
-                del buffer[size:]
-                buffer.append(10)
-                cut += 1
-        data = memoryview(buffer)[:cut]
-        buf = np.frombuffer(data, dtype=np.uint8)
-        ends = _newlines(buf)
+            filled = np.cumsum(~blank)
+            whole = filled[-1] // group_rows * group_rows
+            if whole:
+                last = int(np.searchsorted(filled, whole)) + 1
+        cut = int(ends[last - 1]) + 1
+        carry = bytes(buffer[cut:size])
+        carry_ends = ends[last:] - cut
+        ends, blank = ends[:last], blank[:last]
         # Each line keeps its newline so the lines tile the buffer and Arrow can use it
         # as is (zero copy); the engine trims it. Blank lines are filtered out in C++.
         offsets = np.concatenate(([0], ends + 1)).astype(np.int64)
-        lengths = np.diff(offsets)
-        blank = (lengths == 1) | ((lengths == 2) & (buf[np.maximum(ends - 1, 0)] == 13))
-        numbers = np.arange(line_no, line_no + len(ends), dtype=np.int64)
-        line_no += len(ends)
-        arr = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets),
-                                               pa.py_buffer(data))
+        numbers = np.arange(line_no, line_no + last, dtype=np.int64)
+        line_no += last
+        arr = pa.LargeStringArray.from_buffers(last, pa.py_buffer(offsets),
+                                               pa.py_buffer(memoryview(buffer)[:cut]))
         if blank.any():
             arr = arr.filter(pa.array(~blank))
             numbers = numbers[~blank]
-        yield arr, numbers, got
-        if not got:
+        yield arr, numbers, read
+        read = 0
+        if not got and not carry:
             return
 
 
@@ -187,10 +205,10 @@ def import_file(ws: Workspace, path: str | Path, *, source: str = "import",
         if progress:
             progress(result.bytes, result.rows)
 
-    # The writer parses chunk k+1 while it commits chunk k, and chunk k+2 is read meanwhile
-    # (it waits in the writer's queue): three chunks in flight, so no stage waits for the
-    # file to be read; waiting for the oldest before reading on bounds memory to about four
-    # chunks.
+    # The writer parses chunks k+1 and k+2 while it commits chunk k (Writer._lent), and
+    # chunk k+3 is read meanwhile (it waits in the writer's queue): four chunks in flight,
+    # so no stage waits for the file to be read; waiting for the oldest before reading on
+    # bounds memory to about five chunks.
     for lines, numbers, nbytes in chunks:
         result.bytes += nbytes
         if not len(lines):
