@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import BowknotError
 from ..identity import split_list
@@ -28,6 +28,13 @@ from .touchpoints import Touchpoints
 
 if TYPE_CHECKING:
     from ..workspace import Workspace
+
+
+R = TypeVar("R", bound=Result, covariant=True)
+
+
+class _Question(Protocol[R]):
+    def run(self, engine: Engine) -> R: ...
 
 
 class Journeys:
@@ -51,6 +58,12 @@ class Journeys:
                 "Journeys are analysed per person, and no persons have been built yet: run "
                 "`bowknot build` (or ws.build()) first.", code="not_built")
 
+    def _answer(self, question: _Question[R]) -> R:
+        """``question`` answered as one analysis (the journal brought up to date once)."""
+        self._ready()
+        with self.engine.analysis():
+            return question.run(self.engine)
+
     def funnel(self, steps: Sequence[StepSpec], *, within: str | int | timedelta = "30d",
                order: str = "ordered", entry: str = "first",
                exclusions: Sequence[StepSpec | Exclusion | Mapping[str, Any]] = (),
@@ -58,9 +71,7 @@ class Journeys:
         """Persons through ``steps`` (see :class:`~bowknot.journeys.funnels.Funnel`)."""
         question = Funnel(steps, within=within, order=order, entry=entry,
                           exclusions=exclusions, breakdown=breakdown)
-        self._ready()
-        with self.engine.analysis():
-            return question.run(self.engine)
+        return self._answer(question)
 
     def cohort(self, did: StepSpec, did_not: StepSpec, *, within: str | int | timedelta,
                traits: Sequence[str] = (), save_as: str | None = None) -> CohortResult:
@@ -69,9 +80,7 @@ class Journeys:
         question = Cohort(did, did_not, within, traits)
         if save_as is not None:
             self.cohorts._check(save_as)
-        self._ready()
-        with self.engine.analysis():
-            result = question.run(self.engine)
+        result = self._answer(question)
         if save_as is not None:
             self.cohorts.save(save_as, result)
         return result
@@ -81,9 +90,7 @@ class Journeys:
         """Cohorts by the period of each person's first ``start``; how many did ``back`` (by
         default ``start`` again) in each later period. See :mod:`.retention`."""
         question = Retention(start, back, period=period, periods=periods)
-        self._ready()
-        with self.engine.analysis():
-            return question.run(self.engine)
+        return self._answer(question)
 
     def transitions(self, *, events: Sequence[str] | None = None, collapse: bool = True,
                     top: int | None = None, counts_only: bool = False) -> Result:
@@ -91,9 +98,7 @@ class Journeys:
         out the persons and median seconds per edge (faster)."""
         question = Transitions(events=events, collapse=collapse, top=top,
                                counts_only=counts_only)
-        self._ready()
-        with self.engine.analysis():
-            return question.run(self.engine)
+        return self._answer(question)
 
     def touchpoints(self, outcome: StepSpec, *, within: str | int | timedelta = "7d",
                     value: str | None = None) -> Result:
@@ -101,33 +106,25 @@ class Journeys:
         :mod:`.touchpoints`); ``value="score"`` adds the mean and the NPS per touch."""
         question = Touchpoints(outcome, within=within, value=value,
                                touch_events=split_list(self.ws.settings.touch_events))
-        self._ready()
-        with self.engine.analysis():
-            return question.run(self.engine)
+        return self._answer(question)
 
     def bowtie(self, by: str = "channel") -> Result:
         """Visitors -> known -> customers -> repeat customers, by acquisition channel, by the
         month first seen, or in all (``by="none"``). See :mod:`.bowtie`."""
         question = BowTie(self.ws.settings.booking_event, by=by)
-        self._ready()
-        with self.engine.analysis():
-            return question.run(self.engine)
+        return self._answer(question)
 
     def attribution(self, conversion: StepSpec, *, by: str = "channel") -> Result:
         """First, last, linear and Markov (removal effect) attribution of ``conversion`` to
         channels or campaigns (see :mod:`.attribution`)."""
         question = Attribution(conversion, by=by,
                                touch_events=split_list(self.ws.settings.touch_events))
-        self._ready()
-        with self.engine.analysis():
-            return question.run(self.engine)
+        return self._answer(question)
 
     def sankey(self, anchor: str, *, depth: int = 4, top: int = 10) -> Result:
         """The step-by-step flow from each person's first ``anchor`` (see :mod:`.paths`)."""
         question = Sankey(anchor, depth=depth, top=top)
-        self._ready()
-        with self.engine.analysis():
-            return question.run(self.engine)
+        return self._answer(question)
 
     def close(self) -> None:
         self.engine.close()

@@ -190,11 +190,17 @@ class DuckDBEngine(Engine):
         found = self._expressions.get(key)
         if found is None:
             found = build()
-            with self._compiling:
-                self._expressions[key] = found
-                while len(self._expressions) > COMPILED:
-                    del self._expressions[next(iter(self._expressions))]
+            self._keep(self._expressions, key, found)
         return found
+
+    def _keep(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
+        """Put ``value`` last in ``cache`` (most recently used), which keeps the last
+        ``COMPILED`` entries."""
+        with self._compiling:
+            cache.pop(key, None)
+            cache[key] = value
+            while len(cache) > COMPILED:
+                del cache[next(iter(cache))]
 
     def _table(self, name: str) -> ir.Table:
         """A journal table, the journal brought up to date first (outside an analysis)."""
@@ -216,15 +222,11 @@ class DuckDBEngine(Engine):
 
         backend = self.ws.store.ibis
         key = expr.op()
-        with self._compiling:
-            sql = self._compiled.pop(key, None)
+        sql = self._compiled.get(key)
         if sql is None:
             backend._run_pre_execute_hooks(expr)
             sql = backend.compile(expr)
-        with self._compiling:
-            self._compiled[key] = sql  # most recently used last
-            while len(self._compiled) > COMPILED:
-                del self._compiled[next(iter(self._compiled))]
+        self._keep(self._compiled, key, sql)
         table: pa.Table = expr.__pyarrow_result__(backend.con.sql(sql).to_arrow_table(),
                                                   data_mapper=DuckDBPyArrowData)
         return table
