@@ -149,6 +149,37 @@ def raw_names(settings: Settings) -> list[str]:
             + [f'"r_{t}"' for t in split_list(settings.identity_id_traits)] + ["r_ext"])
 
 
+# trim()'s characters in the blocked-value test, and the code points besides a letter's upper
+# case that DuckDB's lower() turns into an ASCII letter (a test checks every code point).
+_TRIM = " \"'"
+_LOWER_EXTRA = {"i": "\u0130", "k": "\u212a"}
+
+
+def _char_class(ch: str) -> str:
+    """RE2 for the characters whose DuckDB lower() is the ASCII character ``ch``."""
+    if ch.isalpha():
+        return "[" + ch + ch.upper() + _LOWER_EXTRA.get(ch, "") + "]"
+    return f"\\x{{{ord(ch):x}}}"
+
+
+def blocked_regex(values: list[str]) -> str | None:
+    """An RE2 pattern that fully matches ``v`` exactly when ``lower(trim(v, ' "\\''))`` is one
+    of ``values`` (lower case), given that ``v`` holds no U+017F (see ids_from_raw): "" when
+    none can match, None when a value is not ASCII (the lookup is then done as written).
+    One regex per identifier is several times cheaper than lowering and trimming it."""
+    alternatives = []
+    for value in values:
+        if not value.isascii():
+            return None
+        if value[0] in _TRIM or value[-1] in _TRIM:
+            continue  # a trimmed value never starts or ends so: it blocks nothing
+        alternatives.append("".join(_char_class(ch) for ch in value))
+    if not alternatives:
+        return ""
+    trim = "[" + "".join(_char_class(ch) for ch in _TRIM) + "]*"
+    return f"{trim}(?:{'|'.join(alternatives)}){trim}"
+
+
 def ids_from_raw(settings: Settings) -> str:
     """SQL over the ``r_`` columns: the valid identifiers, a list of {t, v} in priority order.
 
@@ -157,13 +188,20 @@ def ids_from_raw(settings: Settings) -> str:
     columns (vectorised); external ids, a list, are parsed only when present; one filter
     drops the invalid candidates.
     """
-    blocked = _quoted([v.lower() for v in split_list(settings.identity_blocked_values)])
+    values = [v.lower() for v in split_list(settings.identity_blocked_values)]
+    regex = blocked_regex(values)
     pattern = settings.identity_blocked_pattern.replace("'", "''")
 
     def valid(v: str) -> str:
         # PostHog also matches illegal ids inside quotes ("null", 'undefined').
-        return (f"({v} IS NOT NULL AND NOT list_contains({blocked}, lower(trim({v}, ' \"''')))"
-                f" AND NOT regexp_full_match({v}, '{pattern}'))")
+        if regex is None:
+            listed = f"list_contains({_quoted(values)}, lower(trim({v}, ' \"''')))"
+        else:
+            # RE2 may fold a letter's case when it merges alternatives ([sS] then matches
+            # U+017F, which DuckDB's lower() keeps): a value holding it is never blocked.
+            listed = (f"(regexp_full_match({v}, '{regex}') AND NOT contains({v}, '\u017f'))"
+                      if regex else "false")
+        return f"({v} IS NOT NULL AND NOT {listed} AND NOT regexp_full_match({v}, '{pattern}'))"
 
     def one(t: str, column: str) -> str:  # v is NULL when invalid
         return f"{{'t': '{t}', 'v': CASE WHEN {valid(column)} THEN {column} END}}"
