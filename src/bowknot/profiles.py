@@ -281,13 +281,17 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                  sum(s.revenue) AS revenue, min(s.first_booking_at) AS first_booking_at,
                  max(s.last_booking_at) AS last_booking_at,
                  max(s.last_event_at) AS last_event_at,
-                 arg_max(s.last_touch, s.last_touch_o) AS last_touch
+                 arg_max(s.node, s.last_touch_o) AS touch_node
           FROM b_pnodes i JOIN {node_stats} s USING (node) GROUP BY i.person_id)
         SELECT p.person_id, coalesce(f.events, 0), coalesce(f.pages, 0),
                coalesce(f.screens, 0), coalesce(f.tracks, 0), coalesce(f.identifies, 0),
                coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
-               f.last_booking_at, f.last_event_at, f.last_touch
-        FROM (SELECT DISTINCT person_id FROM b_pnodes) p LEFT JOIN f USING (person_id)""")
+               f.last_booking_at, f.last_event_at, t.last_touch
+        FROM (SELECT DISTINCT person_id FROM b_pnodes) p LEFT JOIN f USING (person_id)
+        -- the latest touch is looked up from its identifier: an arg_max carrying the
+        -- STRUCT cost as much as the rest of the aggregation (a touch is never NULL
+        -- where its order key is not, and an order key belongs to one identifier)
+        LEFT JOIN {node_stats} t ON t.node = f.touch_node""")
     return int(written[0][0])  # one row per person
 
 
