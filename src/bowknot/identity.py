@@ -392,7 +392,9 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     """Resolve the clusters of ``b_touched`` (or everything when ``full``) into persons.
 
     Rewrites their rows of ``identities``, logs merges and splits, keeps redirects, and leaves
-    ``b_persons(person_id)``: every person whose identifiers changed (old and new ids).
+    ``b_new`` (the rows written), ``b_roots`` (one row per resolved person, with its
+    ``persons`` columns) and (incremental builds) ``b_persons(person_id)``: every person whose
+    identifiers changed (old and new ids).
     """
     if full:
         # Every identifier (one no longer in the graph has no row in the new resolution).
@@ -445,15 +447,22 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
                CASE WHEN o.node IS NOT NULL THEN g.node ELSE g.grp END AS grp,
                CASE WHEN o.node IS NOT NULL THEN 'over_limit' ELSE 'linked' END AS status
         FROM g LEFT JOIN over o USING (node)""")
+    # One row per person: its id (hashed once per person, not once per identifier), its root
+    # and the rest of its ``persons`` row, which a full build writes as it is (the same
+    # aggregation over the same rows, grouped by person once).
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_roots AS
+        SELECT grp, {person_id_sql('root.t', 'root.v')} AS person_id, root.n AS root,
+               root.t AS root_type, root.v AS root_value, {ts_of('root.f')} AS first_seen,
+               last_seen, {ts_of('known')} AS known_at, identifiers, cluster
+        FROM (SELECT grp, min({{'f': first_seen, 'n': node, 't': id_type, 'v': id_value}})
+                            AS root, max(last_seen) AS last_seen,
+                     min(first_seen) FILTER (WHERE id_type <> 'anonymous_id') AS known,
+                     count(*) AS identifiers, min(cluster) AS cluster
+              FROM b_final GROUP BY grp)""")
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_new AS
-        WITH roots AS (  -- the person id once per person, not once per identifier
-          SELECT grp, {person_id_sql('root.t', 'root.v')} AS person_id, root.n AS root
-          FROM (SELECT grp, min({{'f': first_seen, 'n': node, 't': id_type, 'v': id_value}})
-                              AS root
-                FROM b_final GROUP BY grp))
         SELECT f.node, f.id_type, f.id_value, f.cluster, r.person_id, f.status,
                {ts_of('f.first_seen')} AS first_seen, f.last_seen, r.root = f.node AS is_root
-        FROM b_final f JOIN roots r USING (grp)""")
+        FROM b_final f JOIN b_roots r USING (grp)""")
     # What changed: identifiers whose person changed, for the log and the redirects.
     run(con, """CREATE OR REPLACE TEMP TABLE b_moves AS
         SELECT o.person_id AS old_id, n.person_id AS new_id, n.node

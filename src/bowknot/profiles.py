@@ -244,14 +244,18 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
             run(con, f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM b_pset)")
         run(con, """CREATE OR REPLACE TEMP TABLE b_pnodes AS
             SELECT i.* FROM identities i SEMI JOIN b_pset USING (person_id)""")
-    written = run(con, """INSERT INTO persons
-        SELECT person_id,
-               any_value(id_type) FILTER (WHERE is_root) AS root_type,
-               any_value(id_value) FILTER (WHERE is_root) AS root_value,
-               min(first_seen), max(last_seen),
-               min(first_seen) FILTER (WHERE id_type <> 'anonymous_id'),
-               count(*), min(cluster)
-        FROM b_pnodes GROUP BY person_id""")
+    if full:  # resolution has aggregated every person's row already
+        written = run(con, """INSERT INTO persons SELECT person_id, root_type, root_value,
+            first_seen, last_seen, known_at, identifiers, cluster FROM b_roots""")
+    else:
+        written = run(con, """INSERT INTO persons
+            SELECT person_id,
+                   any_value(id_type) FILTER (WHERE is_root) AS root_type,
+                   any_value(id_value) FILTER (WHERE is_root) AS root_value,
+                   min(first_seen), max(last_seen),
+                   min(first_seen) FILTER (WHERE id_type <> 'anonymous_id'),
+                   count(*), min(cluster)
+            FROM b_pnodes GROUP BY person_id""")
     # A person whose traits come from one identifier (most) takes that identifier's
     # partials as they are; only persons with several go through the aggregation.
     run(con, f"""INSERT INTO person_traits
