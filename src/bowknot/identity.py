@@ -396,16 +396,18 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     ``persons`` columns) and (incremental builds) ``b_persons(person_id)``: every person whose
     identifiers changed (old and new ids).
     """
+    # A full build has just written the graph from its temporary copies (the same rows).
+    nodes = "b_occ" if full else "id_nodes"
     if full:
         # Every identifier (one no longer in the graph has no row in the new resolution).
-        run(con, "CREATE OR REPLACE TEMP VIEW b_aff AS SELECT node FROM id_nodes")
+        run(con, "CREATE OR REPLACE TEMP VIEW b_aff AS SELECT node FROM b_occ")
     else:
         run(con, """CREATE OR REPLACE TEMP TABLE b_aff AS
             SELECT node FROM identities WHERE cluster IN (
               SELECT i.cluster FROM identities i JOIN b_touched USING (node))
             UNION SELECT node FROM b_touched""")
     if full:
-        run(con, "CREATE OR REPLACE TEMP VIEW b_edges AS SELECT * FROM id_edges")
+        run(con, "CREATE OR REPLACE TEMP VIEW b_edges AS SELECT * FROM b_links")
     else:
         run(con, """CREATE OR REPLACE TEMP TABLE b_edges AS
             SELECT e.* FROM id_edges e SEMI JOIN b_aff ON e.a = b_aff.node""")
@@ -417,7 +419,7 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_nodes AS
         SELECT c.node, c.comp, n.id_type, n.id_value, n.first_seen, n.last_seen,
                n.id_type = '{UNIQUE_TYPE}' OR o.node IS NOT NULL AS anchor
-        FROM b_cc c JOIN id_nodes n USING (node)
+        FROM b_cc c JOIN {nodes} n USING (node)
         LEFT JOIN (SELECT DISTINCT node FROM identity_overrides) o USING (node)""")
     run(con, """CREATE OR REPLACE TEMP TABLE b_comp AS
         SELECT comp, count_if(anchor) AS anchors FROM b_nodes GROUP BY comp""")

@@ -244,6 +244,8 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
             run(con, f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM b_pset)")
         run(con, """CREATE OR REPLACE TEMP TABLE b_pnodes AS
             SELECT i.* FROM identities i SEMI JOIN b_pset USING (person_id)""")
+    # Every person once (a full build: resolution's own list).
+    persons = "b_roots" if full else "(SELECT DISTINCT person_id FROM b_pnodes)"
     if full:  # resolution has aggregated every person's row already
         written = run(con, """INSERT INTO persons SELECT person_id, root_type, root_value,
             first_seen, last_seen, known_at, identifiers, cluster FROM b_roots""")
@@ -291,7 +293,7 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                coalesce(f.screens, 0), coalesce(f.tracks, 0), coalesce(f.identifies, 0),
                coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
                f.last_booking_at, f.last_event_at, t.last_touch
-        FROM (SELECT DISTINCT person_id FROM b_pnodes) p LEFT JOIN f USING (person_id)
+        FROM {persons} p LEFT JOIN f USING (person_id)
         -- the latest touch is looked up from its identifier: an arg_max carrying the
         -- STRUCT cost as much as the rest of the aggregation (a touch is never NULL
         -- where its order key is not, and an order key belongs to one identifier)
