@@ -97,20 +97,22 @@ def config_fingerprint(settings: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# Identifier combinations whose primary identifier is neither their userId nor their
+# anonymousId (both blocked values).
+_ODD = """len(ids) > 0 AND NOT (ids[1].t = 'user_id' AND ids[1].v IS NOT DISTINCT FROM r_user)
+          AND NOT (ids[1].t = 'anonymous_id' AND ids[1].v IS NOT DISTINCT FROM r_anon)"""
+
+
 def _fallback(con: duckdb.DuckDBPyConnection, settings: Any, window: str) -> None:
-    """Remember the (rare) events whose primary identifier is neither their userId nor their
-    anonymousId (both blocked values), so timelines can find them without a JSON scan."""
+    """Remember the (rare) events of the ``_ODD`` combinations (the caller has found some),
+    so timelines can find them without a JSON scan."""
     names = identity.raw_names(settings)
-    odd = """len(ids) > 0 AND NOT (ids[1].t = 'user_id' AND ids[1].v IS NOT DISTINCT FROM r_user)
-             AND NOT (ids[1].t = 'anonymous_id' AND ids[1].v IS NOT DISTINCT FROM r_anon)"""
-    if not run(con, f"SELECT count(*) FROM b_tup WHERE {odd}")[0][0]:
-        return
     same = " AND ".join(f"e.{n} IS NOT DISTINCT FROM f.{n}" for n in names)
     run(con, f"""INSERT INTO event_fallback
         SELECT e.key, hash(f.ids[1].t, f.ids[1].v)
         FROM (SELECT key, {identity.raw_columns(settings)}
               FROM {identity.hinted(f"(SELECT * FROM events WHERE {window})")}) e
-        JOIN (SELECT * FROM b_tup WHERE {odd}) f ON {same}""")
+        JOIN (SELECT * FROM b_tup WHERE {_ODD}) f ON {same}""")
 
 
 def _meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
@@ -206,10 +208,12 @@ class Builder:
                                {profiles.event_columns(settings)}
                         FROM {identity.hinted(f"(SELECT * FROM events WHERE {window})")})
                   GROUP BY {raw})""")
-            result.events, result.unattributed = run(con, """SELECT coalesce(sum(events), 0),
-                coalesce(sum(events) FILTER (WHERE len(ids) = 0), 0) FROM b_tup""")[0]
+            result.events, result.unattributed, odd = run(con, f"""SELECT
+                coalesce(sum(events), 0), coalesce(sum(events) FILTER (WHERE len(ids) = 0), 0),
+                count(*) FILTER (WHERE {_ODD}) FROM b_tup""")[0]
             run(con, "DELETE FROM b_tup WHERE len(ids) = 0")
-            _fallback(con, settings, window)
+            if odd:
+                _fallback(con, settings, window)
             identity.update_graph(con, full)
             resolved = identity.resolve(con, settings, build_id, full)
             result.identifiers_resolved = resolved["identifiers_resolved"]

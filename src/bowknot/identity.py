@@ -149,6 +149,37 @@ def raw_names(settings: Settings) -> list[str]:
             + [f'"r_{t}"' for t in split_list(settings.identity_id_traits)] + ["r_ext"])
 
 
+# trim()'s characters in the blocked-value test, and the code points besides a letter's upper
+# case that DuckDB's lower() turns into an ASCII letter (a test checks every code point).
+_TRIM = " \"'"
+_LOWER_EXTRA = {"i": "\u0130", "k": "\u212a"}
+
+
+def _char_class(ch: str) -> str:
+    """RE2 for the characters whose DuckDB lower() is the ASCII character ``ch``."""
+    if ch.isalpha():
+        return "[" + ch + ch.upper() + _LOWER_EXTRA.get(ch, "") + "]"
+    return f"\\x{{{ord(ch):x}}}"
+
+
+def blocked_regex(values: list[str]) -> str | None:
+    """An RE2 pattern that fully matches ``v`` exactly when ``lower(trim(v, ' "\\''))`` is one
+    of ``values`` (lower case), given that ``v`` holds no U+017F (see ids_from_raw): "" when
+    none can match, None when a value is not ASCII (the lookup is then done as written).
+    One regex per identifier is several times cheaper than lowering and trimming it."""
+    alternatives = []
+    for value in values:
+        if not value.isascii():
+            return None
+        if value[0] in _TRIM or value[-1] in _TRIM:
+            continue  # a trimmed value never starts or ends so: it blocks nothing
+        alternatives.append("".join(_char_class(ch) for ch in value))
+    if not alternatives:
+        return ""
+    trim = "[" + "".join(_char_class(ch) for ch in _TRIM) + "]*"
+    return f"{trim}(?:{'|'.join(alternatives)}){trim}"
+
+
 def ids_from_raw(settings: Settings) -> str:
     """SQL over the ``r_`` columns: the valid identifiers, a list of {t, v} in priority order.
 
@@ -157,13 +188,20 @@ def ids_from_raw(settings: Settings) -> str:
     columns (vectorised); external ids, a list, are parsed only when present; one filter
     drops the invalid candidates.
     """
-    blocked = _quoted([v.lower() for v in split_list(settings.identity_blocked_values)])
+    values = [v.lower() for v in split_list(settings.identity_blocked_values)]
+    regex = blocked_regex(values)
     pattern = settings.identity_blocked_pattern.replace("'", "''")
 
     def valid(v: str) -> str:
         # PostHog also matches illegal ids inside quotes ("null", 'undefined').
-        return (f"({v} IS NOT NULL AND NOT list_contains({blocked}, lower(trim({v}, ' \"''')))"
-                f" AND NOT regexp_full_match({v}, '{pattern}'))")
+        if regex is None:
+            listed = f"list_contains({_quoted(values)}, lower(trim({v}, ' \"''')))"
+        else:
+            # RE2 may fold a letter's case when it merges alternatives ([sS] then matches
+            # U+017F, which DuckDB's lower() keeps): a value holding it is never blocked.
+            listed = (f"(regexp_full_match({v}, '{regex}') AND NOT contains({v}, '\u017f'))"
+                      if regex else "false")
+        return f"({v} IS NOT NULL AND NOT {listed} AND NOT regexp_full_match({v}, '{pattern}'))"
 
     def one(t: str, column: str) -> str:  # v is NULL when invalid
         return f"{{'t': '{t}', 'v': CASE WHEN {valid(column)} THEN {column} END}}"
@@ -354,18 +392,22 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     """Resolve the clusters of ``b_touched`` (or everything when ``full``) into persons.
 
     Rewrites their rows of ``identities``, logs merges and splits, keeps redirects, and leaves
-    ``b_persons(person_id)``: every person whose identifiers changed (old and new ids).
+    ``b_new`` (the rows written), ``b_roots`` (one row per resolved person, with its
+    ``persons`` columns) and (incremental builds) ``b_persons(person_id)``: every person whose
+    identifiers changed (old and new ids).
     """
+    # A full build has just written the graph from its temporary copies (the same rows).
+    nodes = "b_occ" if full else "id_nodes"
     if full:
         # Every identifier (one no longer in the graph has no row in the new resolution).
-        run(con, "CREATE OR REPLACE TEMP VIEW b_aff AS SELECT node FROM id_nodes")
+        run(con, "CREATE OR REPLACE TEMP VIEW b_aff AS SELECT node FROM b_occ")
     else:
         run(con, """CREATE OR REPLACE TEMP TABLE b_aff AS
             SELECT node FROM identities WHERE cluster IN (
               SELECT i.cluster FROM identities i JOIN b_touched USING (node))
             UNION SELECT node FROM b_touched""")
     if full:
-        run(con, "CREATE OR REPLACE TEMP VIEW b_edges AS SELECT * FROM id_edges")
+        run(con, "CREATE OR REPLACE TEMP VIEW b_edges AS SELECT * FROM b_links")
     else:
         run(con, """CREATE OR REPLACE TEMP TABLE b_edges AS
             SELECT e.* FROM id_edges e SEMI JOIN b_aff ON e.a = b_aff.node""")
@@ -377,7 +419,7 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_nodes AS
         SELECT c.node, c.comp, n.id_type, n.id_value, n.first_seen, n.last_seen,
                n.id_type = '{UNIQUE_TYPE}' OR o.node IS NOT NULL AS anchor
-        FROM b_cc c JOIN id_nodes n USING (node)
+        FROM b_cc c JOIN {nodes} n USING (node)
         LEFT JOIN (SELECT DISTINCT node FROM identity_overrides) o USING (node)""")
     run(con, """CREATE OR REPLACE TEMP TABLE b_comp AS
         SELECT comp, count_if(anchor) AS anchors FROM b_nodes GROUP BY comp""")
@@ -407,15 +449,22 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
                CASE WHEN o.node IS NOT NULL THEN g.node ELSE g.grp END AS grp,
                CASE WHEN o.node IS NOT NULL THEN 'over_limit' ELSE 'linked' END AS status
         FROM g LEFT JOIN over o USING (node)""")
+    # One row per person: its id (hashed once per person, not once per identifier), its root
+    # and the rest of its ``persons`` row, which a full build writes as it is (the same
+    # aggregation over the same rows, grouped by person once).
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_roots AS
+        SELECT grp, {person_id_sql('root.t', 'root.v')} AS person_id, root.n AS root,
+               root.t AS root_type, root.v AS root_value, {ts_of('root.f')} AS first_seen,
+               last_seen, {ts_of('known')} AS known_at, identifiers, cluster
+        FROM (SELECT grp, min({{'f': first_seen, 'n': node, 't': id_type, 'v': id_value}})
+                            AS root, max(last_seen) AS last_seen,
+                     min(first_seen) FILTER (WHERE id_type <> 'anonymous_id') AS known,
+                     count(*) AS identifiers, min(cluster) AS cluster
+              FROM b_final GROUP BY grp)""")
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_new AS
-        WITH roots AS (  -- the person id once per person, not once per identifier
-          SELECT grp, {person_id_sql('root.t', 'root.v')} AS person_id, root.n AS root
-          FROM (SELECT grp, min({{'f': first_seen, 'n': node, 't': id_type, 'v': id_value}})
-                              AS root
-                FROM b_final GROUP BY grp))
         SELECT f.node, f.id_type, f.id_value, f.cluster, r.person_id, f.status,
                {ts_of('f.first_seen')} AS first_seen, f.last_seen, r.root = f.node AS is_root
-        FROM b_final f JOIN roots r USING (grp)""")
+        FROM b_final f JOIN b_roots r USING (grp)""")
     # What changed: identifiers whose person changed, for the log and the redirects.
     run(con, """CREATE OR REPLACE TEMP TABLE b_moves AS
         SELECT o.person_id AS old_id, n.person_id AS new_id, n.node

@@ -244,14 +244,20 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
             run(con, f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM b_pset)")
         run(con, """CREATE OR REPLACE TEMP TABLE b_pnodes AS
             SELECT i.* FROM identities i SEMI JOIN b_pset USING (person_id)""")
-    written = run(con, """INSERT INTO persons
-        SELECT person_id,
-               any_value(id_type) FILTER (WHERE is_root) AS root_type,
-               any_value(id_value) FILTER (WHERE is_root) AS root_value,
-               min(first_seen), max(last_seen),
-               min(first_seen) FILTER (WHERE id_type <> 'anonymous_id'),
-               count(*), min(cluster)
-        FROM b_pnodes GROUP BY person_id""")
+    # Every person once (a full build: resolution's own list).
+    persons = "b_roots" if full else "(SELECT DISTINCT person_id FROM b_pnodes)"
+    if full:  # resolution has aggregated every person's row already
+        written = run(con, """INSERT INTO persons SELECT person_id, root_type, root_value,
+            first_seen, last_seen, known_at, identifiers, cluster FROM b_roots""")
+    else:
+        written = run(con, """INSERT INTO persons
+            SELECT person_id,
+                   any_value(id_type) FILTER (WHERE is_root) AS root_type,
+                   any_value(id_value) FILTER (WHERE is_root) AS root_value,
+                   min(first_seen), max(last_seen),
+                   min(first_seen) FILTER (WHERE id_type <> 'anonymous_id'),
+                   count(*), min(cluster)
+            FROM b_pnodes GROUP BY person_id""")
     # A person whose traits come from one identifier (most) takes that identifier's
     # partials as they are; only persons with several go through the aggregation.
     run(con, f"""INSERT INTO person_traits
@@ -281,13 +287,17 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                  sum(s.revenue) AS revenue, min(s.first_booking_at) AS first_booking_at,
                  max(s.last_booking_at) AS last_booking_at,
                  max(s.last_event_at) AS last_event_at,
-                 arg_max(s.last_touch, s.last_touch_o) AS last_touch
+                 arg_max(s.node, s.last_touch_o) AS touch_node
           FROM b_pnodes i JOIN {node_stats} s USING (node) GROUP BY i.person_id)
         SELECT p.person_id, coalesce(f.events, 0), coalesce(f.pages, 0),
                coalesce(f.screens, 0), coalesce(f.tracks, 0), coalesce(f.identifies, 0),
                coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
-               f.last_booking_at, f.last_event_at, f.last_touch
-        FROM (SELECT DISTINCT person_id FROM b_pnodes) p LEFT JOIN f USING (person_id)""")
+               f.last_booking_at, f.last_event_at, t.last_touch
+        FROM {persons} p LEFT JOIN f USING (person_id)
+        -- the latest touch is looked up from its identifier: an arg_max carrying the
+        -- STRUCT cost as much as the rest of the aggregation (a touch is never NULL
+        -- where its order key is not, and an order key belongs to one identifier)
+        LEFT JOIN {node_stats} t ON t.node = f.touch_node""")
     return int(written[0][0])  # one row per person
 
 
