@@ -311,7 +311,7 @@ def test_transition_graph_collapses_repeats(analyse: Analyse, ws: bowknot.Worksp
 def test_transitions_read_in_stored_order_or_the_portable_way(tmp_path: Path) -> None:
     """DuckDB streams the journal in its stored (pkey, ts, seq) order instead of sorting it
     in windows: the same answers, bit for bit, in every mode; a journal read out of order is
-    caught and answered the portable way."""
+    found and analysed the portable way."""
     demo.write_jsonl(tmp_path / "demo.jsonl", events=20_000, seed=5)
     ws = bowknot.connect(tmp_path / "ws.duckdb")
     import_file(ws, tmp_path / "demo.jsonl")
@@ -321,21 +321,20 @@ def test_transitions_read_in_stored_order_or_the_portable_way(tmp_path: Path) ->
         {}, {"collapse": False}, {"counts_only": True}, {"collapse": False, "counts_only": True},
         {"events": ["page:Home", "page:Cars", "Campaign Clicked", "Booking Completed"]}]
     streamed = [j.transitions(**m).table for m in modes]
-    assert j.engine.stored_order  # the stream was read in order
-    j.engine.stored_order = False
+    assert j.engine.stored_order  # checked once for this journal
+    j.engine._in_order = False  # the portable windows
     portable = [j.transitions(**m).table for m in modes]
     assert [t.num_rows for t in streamed] == [t.num_rows for t in portable]
     assert [t.num_rows > 20 for t in streamed] == [True] * 4 + [False] and streamed[-1].num_rows
     assert all(a.equals(b) for a, b in zip(streamed, portable, strict=True))
-    # A journal whose rows are not stored in order (it is written sorted): each person's
-    # events backwards. Streamed, every transition would be reversed.
-    j.engine.stored_order = True
+    # A journal not stored in order (it is written sorted): each person's events backwards.
+    # Streamed, every transition would be reversed.
     ws.store.connection.execute("""CREATE OR REPLACE TABLE journey_events AS
         SELECT * FROM journey_events ORDER BY pkey, ts DESC, seq DESC""")
-    j.engine._tables.clear()
+    j = ws.journeys.on("duckdb")
     assert all(j.transitions(**m).table.equals(t)
                for m, t in zip(modes, portable, strict=True))
-    assert not j.engine.stored_order  # until the journal is rewritten
+    assert not j.engine.stored_order
     ws.close()
 
 

@@ -12,7 +12,6 @@ median per edge: about half the time at 20 M events, benchmarks/journeys.py).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import ibis
@@ -20,7 +19,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from ..errors import ValidationError
-from .engine import Engine, OutOfOrder
+from .engine import Engine
 from .results import Result
 
 
@@ -51,7 +50,7 @@ class Transitions:
         # and compares faster on numbers than on text.
         ev = ev.select("pkey", "ts", "seq", "ekey")
         if engine.stored_order:
-            return self._in_stored_order(engine.in_stored_order(ev))
+            return self._in_stored_order(ev)
         order = ibis.window(group_by=ev.pkey, order_by=[ev.ts, ev.seq])
         if self.collapse:
             # The second window orders by each event's number in the first (one integer
@@ -112,13 +111,9 @@ class Transitions:
                         probability_in=j.probability_in, **medians)
 
     def run(self, engine: Engine) -> Result:
-        table = None
-        if engine.stored_order:  # streamed windows: one query, nothing held
-            with contextlib.suppress(OutOfOrder):  # else the portable way below
-                table = engine.to_arrow(self.query(engine))
-        if table is None and self.counts_only:  # no median after the windows: one query
+        if self.counts_only or engine.stored_order:  # streamed: one query, nothing held
             table = engine.to_arrow(self.query(engine))
-        elif table is None:
+        else:
             with engine.materialized(self.steps(engine)) as steps:
                 table = engine.to_arrow(self.query(engine, steps))
         table = table.sort_by([("transitions", "descending"), ("from", "ascending"),
