@@ -173,6 +173,17 @@ def test_the_rewrite_spills_where_the_settings_say_and_no_further(tmp_path: Path
     assert journal.refresh(ws)
     assert ws.sql("SELECT count(*) AS n FROM journey_events")[0]["n"] > 150_000
     ws.close()
+    # An analysis that spills (the Sankey's windows under 27 MB) says the same.
+    tight["memory_limit"] = "27MB"
+    for room, fits in (("1MB", False), ("1GB", True)):
+        ws = bowknot.connect(tmp_path / "ws.duckdb", max_temp_directory_size=room, **tight)
+        try:
+            assert ws.journeys.sankey("page:Home").table.num_rows > 10
+        except BowknotError as exc:
+            assert not fits and exc.code == "spill_space_exhausted"
+        else:
+            assert fits
+        ws.close()
 
 
 def test_spill_settings_that_cannot_work_are_refused_at_connect(tmp_path: Path) -> None:
