@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import bowknot
 from bowknot import demo, journal
+from bowknot.errors import BowknotError, SettingError
 from bowknot.imports import import_file
 
 ROWS = "SELECT * FROM journey_events ORDER BY person_id, ts, seq"
@@ -143,3 +146,51 @@ def test_a_question_asked_again_after_a_build_sees_the_new_events(tmp_path: Path
     assert again.table.column("person_id").to_pylist() == sorted(
         ws.persons.resolve(u) for u in ("b", "c"))
     ws.close()
+
+
+def test_the_rewrite_spills_where_the_settings_say_and_no_further(tmp_path: Path) -> None:
+    """temp_directory and max_temp_directory_size: the journal rewrite (a sort of every event)
+    spills to the directory named, made if missing; past the size it stops with an error
+    naming the settings instead of filling the disk."""
+    demo.write_jsonl(tmp_path / "demo.jsonl", events=200_000, seed=3)
+    ws = bowknot.connect(tmp_path / "ws.duckdb")
+    import_file(ws, tmp_path / "demo.jsonl")
+    ws.build()
+    ws.close()
+    spill = tmp_path / "big-disk" / "bowknot" / "spill"
+    tight = {"memory_limit": "120MB", "threads": 1, "temp_directory": str(spill)}
+    ws = bowknot.connect(tmp_path / "ws.duckdb", max_temp_directory_size="1MB", **tight)
+    assert spill.is_dir()
+    with pytest.raises(BowknotError) as found:
+        journal.refresh(ws)
+    assert found.value.code == "spill_space_exhausted"
+    message = str(found.value)
+    assert str(spill) in message and "976.5 KiB" in message
+    assert "BOWKNOT_TEMP_DIRECTORY" in message and "BOWKNOT_MAX_TEMP_DIRECTORY_SIZE" in message
+    ws.close()
+    # With room, the same rewrite under the same memory limit goes through.
+    ws = bowknot.connect(tmp_path / "ws.duckdb", max_temp_directory_size="1GB", **tight)
+    assert journal.refresh(ws)
+    assert ws.sql("SELECT count(*) AS n FROM journey_events")[0]["n"] > 150_000
+    ws.close()
+    # An analysis that spills (the Sankey's windows under 27 MB) says the same.
+    tight["memory_limit"] = "27MB"
+    for room, fits in (("1MB", False), ("1GB", True)):
+        ws = bowknot.connect(tmp_path / "ws.duckdb", max_temp_directory_size=room, **tight)
+        try:
+            assert ws.journeys.sankey("page:Home").table.num_rows > 10
+        except BowknotError as exc:
+            assert not fits and exc.code == "spill_space_exhausted"
+        else:
+            assert fits
+        ws.close()
+
+
+def test_spill_settings_that_cannot_work_are_refused_at_connect(tmp_path: Path) -> None:
+    with pytest.raises(SettingError, match="max_temp_directory_size.*such as '50GB'"):
+        bowknot.connect(tmp_path / "ws.duckdb", max_temp_directory_size="lots")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SettingError, match="temp_directory.*cannot make"):
+        bowknot.connect(tmp_path / "ws.duckdb", temp_directory=str(tmp_path / "a-file" / "x"))
+    # The workspace was not left locked by the refused connections.
+    bowknot.connect(tmp_path / "ws.duckdb").close()

@@ -15,9 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 import bowknot
-from bowknot import journal
+from bowknot import demo, journal
 from bowknot.cli import main
 from bowknot.errors import BowknotError, ValidationError
+from bowknot.imports import import_file
 from bowknot.journeys import Journeys, SparkEngine
 
 Analyse = Callable[[bowknot.Workspace], Journeys]
@@ -305,6 +306,36 @@ def test_transition_graph_collapses_repeats(analyse: Analyse, ws: bowknot.Worksp
     assert {(r["from"], r["to"]) for r in only} == {("Checkout", "Done")}
     with pytest.raises(ValidationError):
         analyse(ws).transitions(top=0)
+
+
+def test_transitions_read_in_stored_order_or_the_portable_way(tmp_path: Path) -> None:
+    """DuckDB streams the journal in its stored (pkey, ts, seq) order instead of sorting it
+    in windows: the same answers, bit for bit, in every mode; a journal read out of order is
+    found and analysed the portable way."""
+    demo.write_jsonl(tmp_path / "demo.jsonl", events=20_000, seed=5)
+    ws = bowknot.connect(tmp_path / "ws.duckdb")
+    import_file(ws, tmp_path / "demo.jsonl")
+    ws.build()
+    j = ws.journeys
+    modes: list[dict[str, Any]] = [
+        {}, {"collapse": False}, {"counts_only": True}, {"collapse": False, "counts_only": True},
+        {"events": ["page:Home", "page:Cars", "Campaign Clicked", "Booking Completed"]}]
+    streamed = [j.transitions(**m).table for m in modes]
+    assert j.engine.stored_order  # checked once for this journal
+    j.engine._in_order = False  # the portable windows
+    portable = [j.transitions(**m).table for m in modes]
+    assert [t.num_rows for t in streamed] == [t.num_rows for t in portable]
+    assert [t.num_rows > 20 for t in streamed] == [True] * 4 + [False] and streamed[-1].num_rows
+    assert all(a.equals(b) for a, b in zip(streamed, portable, strict=True))
+    # A journal not stored in order (it is written sorted): each person's events backwards.
+    # Streamed, every transition would be reversed.
+    ws.store.connection.execute("""CREATE OR REPLACE TABLE journey_events AS
+        SELECT * FROM journey_events ORDER BY pkey, ts DESC, seq DESC""")
+    j = ws.journeys.on("duckdb")
+    assert all(j.transitions(**m).table.equals(t)
+               for m, t in zip(modes, portable, strict=True))
+    assert not j.engine.stored_order
+    ws.close()
 
 
 def test_touchpoints_last_touch_before_each_outcome(analyse: Analyse,

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import duckdb
+
 from .store.engine import run
 
 if TYPE_CHECKING:
@@ -75,8 +77,21 @@ COLUMNS = """person_id, timestamp AS ts, CAST(key // 2 AS BIGINT) AS seq, type,
 def refresh(ws: Workspace) -> bool:
     """Rewrite the journal if a build ran since it was written; True when it did.
 
-    Runs under the builder's lock, so it never sees a build half done.
+    Runs under the builder's lock, so it never sees a build half done. The rewrite sorts
+    every event: past ``memory_limit`` DuckDB spills to ``temp_directory`` (tens of GB at
+    100 M events under 8 GB), and running out of room there says which settings give it
+    room.
     """
+    try:
+        return _rewrite(ws)
+    except duckdb.Error as exc:
+        error = ws.store.spill_error(exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _rewrite(ws: Workspace) -> bool:
     with ws.builder.transaction() as con:
         last = str(run(con, "SELECT coalesce(max(build_id), 0) FROM builds")[0][0])
         found = run(con, "SELECT value FROM meta WHERE key = 'journal_build_id'")

@@ -211,6 +211,23 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "DuckDB memory limit such as '8GB'; empty means DuckDB's default (80 % of RAM).",
     ),
+    # A journal rewrite at 100 M events under an 8 GB memory_limit spilled tens of GB beside
+    # the workspace, and once filled the disk (benchmarks/README.md, Journeys, tier L).
+    Setting(
+        "temp_directory",
+        "",
+        "Directory DuckDB spills to when an operation (a sort, join or aggregate over every "
+        "event: a full build, a journal rewrite) outgrows memory_limit; put it on a disk "
+        "with room. Made if missing. Empty means DuckDB's default, `<workspace>.tmp` beside "
+        "the workspace file.",
+    ),
+    Setting(
+        "max_temp_directory_size",
+        "",
+        "Most disk space DuckDB may spill to temp_directory, such as '50GB'; past it the "
+        "operation stops with an error naming these settings, before the disk is full. "
+        "Empty means DuckDB's default (90 % of the free space on temp_directory's disk).",
+    ),
     Setting("host", "127.0.0.1", "Address `bowknot serve` listens on."),
     Setting("port", 8000, "Port `bowknot serve` listens on.", int),
     Setting("session_hours", 12, "How long a page sign-in session lasts, in hours.", int),

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import duckdb
+
 from ..errors import BowknotError
 from ..identity import split_list
 from .attribution import Attribution
@@ -59,10 +61,17 @@ class Journeys:
                 "`bowknot build` (or ws.build()) first.", code="not_built")
 
     def _answer(self, question: _Question[R]) -> R:
-        """``question`` answered as one analysis (the journal brought up to date once)."""
+        """``question`` answered as one analysis (the journal brought up to date once); a
+        DuckDB spill that runs out of room says which settings give it room."""
         self._ready()
-        with self.engine.analysis():
-            return question.run(self.engine)
+        try:
+            with self.engine.analysis():
+                return question.run(self.engine)
+        except duckdb.Error as exc:
+            error = self.ws.store.spill_error(exc)
+            if error is None:
+                raise
+            raise error from exc
 
     def funnel(self, steps: Sequence[StepSpec], *, within: str | int | timedelta = "30d",
                order: str = "ordered", entry: str = "first",

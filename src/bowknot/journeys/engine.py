@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from .steps import Step
 
 ENGINES = ("duckdb", "spark")
+# The journal's rows that come before the row read before them (OVER (): the rows as read).
+IN_ORDER = """SELECT count(*) FROM (
+    SELECT pkey, ts, seq, lag(pkey) OVER () AS p, lag(ts) OVER () AS t, lag(seq) OVER () AS s
+    FROM journey_events) WHERE p > pkey OR (p = pkey AND (t > ts OR (t = ts AND s > seq)))"""
 COMPILED = 64  # questions whose SQL the DuckDB engine keeps
 
 # The columns every analysis reads (see docs/journeys.md):
@@ -96,6 +100,13 @@ class Engine:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
+
+    @property
+    def stored_order(self) -> bool:
+        """Whether :meth:`events` is read in (pkey, ts, seq) order: a person's previous and
+        next events are then the previous and next rows, found by a window without
+        partition or order (a stream, no sort)."""
+        return False
 
     def events(self) -> ir.Table:
         raise NotImplementedError
@@ -167,6 +178,7 @@ class DuckDBEngine(Engine):
         self._compiled: dict[Any, str] = {}  # the SQL of recent questions
         self._expressions: dict[Hashable, ir.Table] = {}
         self._compiling = threading.Lock()
+        self._in_order: bool | None = None  # the journal checked (stored_order)
 
     @contextmanager
     def analysis(self) -> Iterator[None]:
@@ -183,6 +195,7 @@ class DuckDBEngine(Engine):
         if journal.refresh(self.ws):
             self._tables.clear()
             self._expressions.clear()
+            self._in_order = None
 
     def expression(self, key: Hashable, build: Callable[[], ir.Table]) -> ir.Table:
         """Kept per question until the journal is rewritten: making the Ibis expression of a
@@ -254,6 +267,20 @@ class DuckDBEngine(Engine):
     def json_text(self, doc: ir.StringValue, path: str) -> ir.StringValue:
         out: ir.StringValue = _duckdb_json_text(doc, path)
         return out
+
+    @property
+    def stored_order(self) -> bool:
+        """The journal is written sorted by (pkey, ts, seq) and DuckDB reads a table in the
+        order its rows were inserted (``preserve_insertion_order``, on by default). Checked
+        once per journal, in one streaming pass (each row against the row before it: about
+        0.2 s of CPU at 20 M events); a journal read otherwise is analysed the portable way."""
+        if self._in_order is None:
+            self.events()  # the journal brought up to date (outside an analysis)
+            con = self.ws.store.ibis.con
+            behind = con.sql(IN_ORDER).fetchall()[0][0]
+            kept = con.sql("SELECT current_setting('preserve_insertion_order')").fetchall()
+            self._in_order = behind == 0 and bool(kept[0][0])
+        return self._in_order
 
     @contextmanager
     def materialized(self, expr: ir.Table) -> Iterator[ir.Table]:

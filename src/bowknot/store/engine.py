@@ -8,7 +8,7 @@ from typing import Any
 
 import duckdb
 
-from ..errors import BowknotError, WorkspaceLocked
+from ..errors import BowknotError, SettingError, WorkspaceLocked
 from ..settings import Settings
 from .schema import DDL, MIGRATIONS, SCHEMA_VERSION
 
@@ -46,6 +46,11 @@ class Store:
         # Timestamps are stored as naive UTC; casts from ISO strings with offsets must land in
         # UTC whatever the machine's zone is.
         run(self._con, "SET TimeZone = 'UTC'")
+        try:
+            self._spill_to(settings)
+        except BaseException:
+            self._con.close()
+            raise
         # DuckDB checkpoints inside the commit that crosses this WAL size, stalling that
         # commit's requests; a larger threshold makes such stalls rarer (p99: 330 -> 187 ms
         # in benchmarks/ingest.py at 16 clients) at the cost of a longer replay after a crash.
@@ -59,6 +64,46 @@ class Store:
         except BaseException:
             self._con.close()  # release the file for whoever fixes it
             raise
+
+    def _spill_to(self, settings: Settings) -> None:
+        """Where DuckDB spills what outgrows ``memory_limit``, and how much it may write
+        there (settings ``temp_directory`` and ``max_temp_directory_size``)."""
+        if settings.temp_directory:
+            where = Path(settings.temp_directory).expanduser()
+            try:  # DuckDB makes only the last level, when it first spills
+                where.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SettingError(
+                    f"temp_directory (BOWKNOT_TEMP_DIRECTORY): cannot make {where} "
+                    f"({exc.strerror}); name a directory bowknot may write to, on a disk "
+                    "with room for spills.", setting="temp_directory") from None
+            run(self._con, "SET temp_directory = ?", [str(where)])
+        if settings.max_temp_directory_size:
+            try:
+                run(self._con, "SET max_temp_directory_size = ?",
+                    [settings.max_temp_directory_size])
+            except duckdb.Error:
+                raise SettingError(
+                    "max_temp_directory_size (BOWKNOT_MAX_TEMP_DIRECTORY_SIZE): "
+                    f"{settings.max_temp_directory_size!r} is not a size; write a number "
+                    "and a unit, such as '50GB' or '500MB'.",
+                    setting="max_temp_directory_size") from None
+
+    def spill_error(self, exc: BaseException) -> BowknotError | None:
+        """``exc`` (from DuckDB) as an error that says how to give spills room, if it is one
+        of DuckDB running out of room to spill; else None."""
+        text = str(exc)
+        if not isinstance(exc, duckdb.Error) or not (
+                "max_temp_directory_size" in text or "No space left on device" in text):
+            return None
+        where, most = run(self._con, "SELECT current_setting('temp_directory'), "
+                                     "current_setting('max_temp_directory_size')")[0]
+        return BowknotError(
+            f"DuckDB ran out of room to spill to {where} (at most {most}): "
+            f"{text.splitlines()[0]} Give it room: set BOWKNOT_TEMP_DIRECTORY to a directory "
+            "on a disk with more free space, raise BOWKNOT_MAX_TEMP_DIRECTORY_SIZE, or raise "
+            "BOWKNOT_MEMORY_LIMIT so less is spilled.", code="spill_space_exhausted",
+            temp_directory=where, max_temp_directory_size=most)
 
     def _migrate(self) -> None:
         """Bring a workspace made by an older bowknot to SCHEMA_VERSION, in one transaction."""
