@@ -186,6 +186,28 @@ def test_the_rewrite_spills_where_the_settings_say_and_no_further(tmp_path: Path
         ws.close()
 
 
+def test_a_build_that_runs_out_of_spill_room_says_so_and_changes_nothing(
+        tmp_path: Path) -> None:
+    """A full build under a small memory_limit spills (its group-bys over every event); past
+    max_temp_directory_size it stops with the same clear error and rolls back; with room the
+    same build goes through."""
+    demo.write_jsonl(tmp_path / "demo.jsonl", events=200_000, seed=4)
+    ws = bowknot.connect(tmp_path / "ws.duckdb")
+    import_file(ws, tmp_path / "demo.jsonl")
+    ws.close()
+    tight = {"memory_limit": "40MB", "threads": 1, "temp_directory": str(tmp_path / "spill")}
+    ws = bowknot.connect(tmp_path / "ws.duckdb", max_temp_directory_size="1MB", **tight)
+    with pytest.raises(BowknotError) as found:
+        ws.build()
+    assert found.value.code == "spill_space_exhausted"
+    assert "BOWKNOT_MAX_TEMP_DIRECTORY_SIZE" in str(found.value)
+    assert ws.sql("SELECT count(*) AS n FROM persons")[0]["n"] == 0
+    ws.close()
+    ws = bowknot.connect(tmp_path / "ws.duckdb", max_temp_directory_size="1GB", **tight)
+    assert ws.build().persons_updated > 1000
+    ws.close()
+
+
 def test_spill_settings_that_cannot_work_are_refused_at_connect(tmp_path: Path) -> None:
     with pytest.raises(SettingError, match="max_temp_directory_size.*such as '50GB'"):
         bowknot.connect(tmp_path / "ws.duckdb", max_temp_directory_size="lots")

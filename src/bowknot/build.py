@@ -164,7 +164,8 @@ class Builder:
         with self.lock:
             con = self.connection()
             try:
-                result = self._build(con, full)
+                with self.ws.store.spill_errors():  # a full spill says which settings help
+                    result = self._build(con, full)
             finally:
                 con.close()
             for hook in self.hooks:

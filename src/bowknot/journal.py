@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import duckdb
-
 from .store.engine import run
 
 if TYPE_CHECKING:
@@ -82,13 +80,8 @@ def refresh(ws: Workspace) -> bool:
     100 M events under 8 GB), and running out of room there says which settings give it
     room.
     """
-    try:
+    with ws.store.spill_errors():
         return _rewrite(ws)
-    except duckdb.Error as exc:
-        error = ws.store.spill_error(exc)
-        if error is None:
-            raise
-        raise error from exc
 
 
 def _rewrite(ws: Workspace) -> bool:

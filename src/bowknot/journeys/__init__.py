@@ -13,8 +13,6 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import duckdb
-
 from ..errors import BowknotError
 from ..identity import split_list
 from .attribution import Attribution
@@ -64,14 +62,8 @@ class Journeys:
         """``question`` answered as one analysis (the journal brought up to date once); a
         DuckDB spill that runs out of room says which settings give it room."""
         self._ready()
-        try:
-            with self.engine.analysis():
-                return question.run(self.engine)
-        except duckdb.Error as exc:
-            error = self.ws.store.spill_error(exc)
-            if error is None:
-                raise
-            raise error from exc
+        with self.ws.store.spill_errors(), self.engine.analysis():
+            return question.run(self.engine)
 
     def funnel(self, steps: Sequence[StepSpec], *, within: str | int | timedelta = "30d",
                order: str = "ordered", entry: str = "first",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,17 @@ class Store:
                     f"{settings.max_temp_directory_size!r} is not a size; write a number "
                     "and a unit, such as '50GB' or '500MB'.",
                     setting="max_temp_directory_size") from None
+
+    @contextmanager
+    def spill_errors(self) -> Iterator[None]:
+        """DuckDB running out of room to spill, inside, raised as :meth:`spill_error`."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            error = self.spill_error(exc)
+            if error is None:
+                raise
+            raise error from exc
 
     def spill_error(self, exc: BaseException) -> BowknotError | None:
         """``exc`` (from DuckDB) as an error that says how to give spills room, if it is one
