@@ -148,9 +148,9 @@ class Writer:
         # them splits nothing: after one, the prepare stage may run two groups ahead, and
         # neither stage waits for the other when a chunk parses faster or slower than the
         # commit before it (the commit appends on one thread: Writer._commit). Two threads
-        # prepare, so those two chunks are parsed at once: a chunk's parse statement alone
-        # leaves a core idle in its serial steps (planning, the Arrow result), and the
-        # commit stage's one thread did not fill it. Live groups are prepared one at a
+        # prepare, so those two chunks are parsed at once (the first two of an import too),
+        # and the parse is not down to one statement's serial steps (planning, the Arrow
+        # result) while the commit stage waits for it. Live groups are prepared one at a
         # time whichever thread takes them (one slot).
         self._slots = threading.Condition()
         self._unstarted = 0  # groups taken by the prepare stage whose commit has not begun
