@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 import bowknot
 from bowknot.imports import ROW_GROUP_ROWS, _jsonl_chunks, import_file
+from bowknot.store.writer import _PARSE_NICE
 
 
 def jsonl(path: Path, lines: list[str]) -> Path:
@@ -206,3 +208,77 @@ def test_an_import_is_parsed_two_chunks_ahead_of_its_commits(tmp_path: Path) -> 
         writer._commit = held  # type: ignore[method-assign]
         assert import_file(ws, f).accepted == 6000 and count[0] >= 5
         assert seen == [3]  # the chunk committing and two more
+
+
+def test_chunk_buffers_are_used_again_only_when_no_array_holds_them() -> None:
+    # A chunk's lines are an Arrow array over its buffer (zero copy). A buffer is filled
+    # again once the arrays over it are gone (a new one costs page faults), never before.
+    lines = [f'{{"n":{i},"pad":"{"x" * (i % 50)}"}}' for i in range(3000)]
+    data = "".join(line + "\n" for line in lines).encode()
+    kept = None
+    seen, addresses = [], []
+    for i, (arr, numbers, _) in enumerate(_jsonl_chunks(io.BytesIO(data), 4096, 1)):
+        assert arr.to_pylist() == [lines[n - 1] + "\n" for n in numbers]
+        seen.extend(numbers.tolist())
+        addresses.append(arr.buffers()[2].address)
+        if i == 2:
+            kept = (arr, numbers)  # held on while the file is read on
+    assert seen == list(range(1, 3001))
+    assert kept is not None and kept[0].to_pylist() == [lines[n - 1] + "\n" for n in kept[1]]
+    assert len(set(addresses)) < len(addresses) // 4  # buffers are used again
+    assert addresses[2] not in addresses[3:]  # but not the one still held
+
+
+def test_two_chunks_are_parsed_at_once_and_committed_in_file_order(tmp_path: Path) -> None:
+    # Two prepare threads: while the first chunk's parse is held, the second is parsed
+    # (fails with one thread), and the first is still committed first: the events keep the
+    # file's order.
+    f = jsonl(tmp_path / "e.jsonl", [ev(i) for i in range(6000)])
+    with bowknot.connect(tmp_path / "w.duckdb", import_chunk_bytes=150_000) as ws:
+        writer = ws.writer
+        prepare = writer._prepare
+        second = threading.Event()
+        calls = [0]
+
+        def held(con: object, group: list[Any]) -> Any:
+            calls[0] += 1
+            if calls[0] == 1:
+                assert second.wait(10), "no second chunk was parsed during the first"
+            elif calls[0] == 2:
+                second.set()
+            return prepare(con, group)
+
+        writer._prepare = held  # type: ignore[method-assign]
+        assert import_file(ws, f).accepted == 6000
+        order = [r["message_id"] for r in ws.sql("SELECT message_id FROM events ORDER BY rowid")]
+        assert order == [f"m{i}" for i in range(6000)]
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread priority: Linux")
+def test_an_import_is_parsed_at_a_lower_priority_than_its_commits(tmp_path: Path) -> None:
+    # The commit stage appends on one thread; the parse yields the cores to it. Live
+    # requests are parsed at the normal priority.
+    f = jsonl(tmp_path / "e.jsonl", [ev(i) for i in range(3000)])
+    with bowknot.connect(tmp_path / "w.duckdb", import_chunk_bytes=150_000) as ws:
+        writer = ws.writer
+        prepare, commit = writer._prepare, writer._commit
+        parsed: list[int] = []
+        committed: list[int] = []
+
+        def parse(con: object, group: list[Any]) -> Any:
+            parsed.append(os.getpriority(os.PRIO_PROCESS, 0))
+            return prepare(con, group)
+
+        def append(con: object, prep: Any) -> Any:
+            committed.append(os.getpriority(os.PRIO_PROCESS, 0))
+            return commit(con, prep)
+
+        writer._prepare = parse  # type: ignore[method-assign]
+        writer._commit = append  # type: ignore[method-assign]
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert import_file(ws, f).accepted == 3000
+        assert len(parsed) >= 3 and set(parsed) == {min(base + _PARSE_NICE, 19)} != {base}
+        assert set(committed) == {base}
+        parsed.clear()
+        ws.track(event="B", user_id="u", message_id="live")
+        assert parsed == [base]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
+import os
 import threading
 import time
 from collections import deque
@@ -134,7 +134,12 @@ class Writer:
         self._queued_bytes = 0
         self._cond = threading.Condition()
         self._closed = False
-        self._ready: queue.Queue[_Prepared | None] = queue.Queue()
+        # Prepared groups by their number (_take_group numbers them): two threads prepare,
+        # and the commit stage takes the groups in the order they were taken.
+        self._ready: dict[int, _Prepared | None] = {}
+        self._ready_cond = threading.Condition()
+        self._taken = 0  # groups numbered so far
+        self._preparing = _PREPARERS  # prepare threads still running
         # The prepare stage runs at most one group ahead of the commits, and only while a
         # large group commits (see _run_commits): a group taken while others wait for
         # their commit splits the waiting requests into more, smaller commits of about the
@@ -142,7 +147,11 @@ class Writer:
         # groups prepared ahead). An import chunk is a commit of its own, so taking more of
         # them splits nothing: after one, the prepare stage may run two groups ahead, and
         # neither stage waits for the other when a chunk parses faster or slower than the
-        # commit before it (the commit appends on one thread: Writer._commit).
+        # commit before it (the commit appends on one thread: Writer._commit). Two threads
+        # prepare, so those two chunks are parsed at once (the first two of an import too),
+        # and the parse is not down to one statement's serial steps (planning, the Arrow
+        # result) while the commit stage waits for it. Live groups are prepared one at a
+        # time whichever thread takes them (one slot).
         self._slots = threading.Condition()
         self._unstarted = 0  # groups taken by the prepare stage whose commit has not begun
         self._ahead = 1  # how many of them there may be
@@ -155,13 +164,16 @@ class Writer:
         # waits for a pause (see backlogged).
         self._active_at = time.monotonic()
         self._in_flight = 0  # groups taken and not yet answered
-        self._warm = [threading.Event(), threading.Event()]  # each stage's start-up done
+        # Each thread's start-up done: the prepare threads', then the commit thread's.
+        self._warm = [threading.Event() for _ in range(_PREPARERS + 1)]
         # Privacy suppression (set by the workspace): a statement that drops a load's events
         # of suppressed identifiers, run only while there are suppressions.
         self.suppress_sql: str | None = None
         self._suppressing = False
         self._threads = [
-            threading.Thread(target=self._run, name="bowknot-prepare", daemon=True),
+            *(threading.Thread(target=self._run, args=(self._warm[i],),
+                               name=f"bowknot-prepare-{i + 1}", daemon=True)
+              for i in range(_PREPARERS)),
             threading.Thread(target=self._run_commits, name="bowknot-writer", daemon=True),
         ]
         for thread in self._threads:
@@ -223,7 +235,8 @@ class Writer:
             thread.join()
 
     # -- the writer thread --------------------------------------------------------------
-    def _take_group(self) -> list[Submission] | None:
+    def _take_group(self) -> tuple[int, list[Submission]] | None:
+        """The next group and its number (the order of the commits)."""
         with self._cond:
             while not self._queue:
                 if self._closed:
@@ -256,11 +269,14 @@ class Writer:
             self._queued_bytes -= size
             self._in_flight += 1
             self._cond.notify_all()
-            return group
+            number = self._taken
+            self._taken += 1
+            return number, group
 
     # -- the pipeline: prepare (parse and validate) overlaps the previous commit ----------
-    def _run(self) -> None:
-        """Stage 1: gather a group and parse and validate it; touches no table."""
+    def _run(self, warm: threading.Event) -> None:
+        """Stage 1 (two threads): gather a group and parse and validate it; touches no
+        table."""
         con = self._store.connection.cursor()
         run(con, "SET TimeZone='UTC'")
         # Warm up: prepare the live-request statement now (about 30 ms), not in the first
@@ -269,14 +285,14 @@ class Writer:
             Writer._prepare(self, con, [Submission()])  # the class's, even if patched (tests)
         except Exception:
             log.exception("warming up the writer failed")
-        self._warm[0].set()
+        warm.set()
         try:
             while True:
                 with self._slots:  # a slot is freed when the commit stage takes a group
                     self._slots.wait_for(lambda: self._unstarted < self._ahead)
                     self._unstarted += 1
                 try:
-                    group = self._take_group()
+                    taken = self._take_group()
                 except BaseException as exc:  # never leave a waiter hanging on a dead writer
                     log.exception("the writer stopped")
                     with self._cond:
@@ -284,40 +300,103 @@ class Writer:
                         pending, self._queue = list(self._queue), deque()
                     for sub in pending:
                         sub.future.set_exception(exc)
+                    self._free_slot()  # the other prepare thread may be waiting for it
                     return
-                if group is None:
+                if taken is None:  # closed
+                    self._free_slot()
                     return
+                number, group = taken
+                with self._slots:  # an import's next chunk may be taken at once
+                    self._ahead = 2 if _imported(group) else 1
+                    self._slots.notify_all()
                 try:
-                    prepared = self._prepare(con, group)
+                    prepared = (self._prepare_import(con, group) if _PARSE_NICE
+                                and _imported(group) else self._prepare(con, group))
                 except BaseException as exc:  # every waiter must hear back
                     log.exception("preparing a group failed")
                     self._answered()
                     for sub in group:
                         sub.future.set_exception(exc)
-                    self._free_slot()  # nothing went to the commit stage
+                    self._free_slot()  # nothing goes to the commit stage
+                    self._deliver(number, None)
                     continue
-                with self._slots:
-                    self._ahead = 2 if prepared.origin == "import" else 1
-                self._ready.put(prepared)
+                self._deliver(number, prepared)
         finally:
-            self._ready.put(None)
             con.close()
+            with self._ready_cond:
+                self._preparing -= 1
+                self._ready_cond.notify_all()
+
+    def _prepare_import(self, con: Any, group: list[Submission]) -> _Prepared:
+        """An import chunk's parse, on a thread of its own at a lower OS priority.
+
+        The commit stage appends each chunk on one thread (Writer._commit), about a third
+        of an import's CPU. At the same priority it shares a core with the parse of the
+        next chunks, and once they are parsed (the slots are full) it runs alone while the
+        other core idles. At a lower priority the parse takes only what the commit leaves,
+        so the commit never waits for a core and the parse fills the rest. The thread ends
+        with the chunk: a thread's priority cannot be raised again without privileges.
+        """
+        done: list[_Prepared] = []
+        failed: list[BaseException] = []
+
+        def parse() -> None:
+            with contextlib.suppress(AttributeError, OSError):  # Linux: per-thread priority
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                               os.getpriority(os.PRIO_PROCESS, 0) + _PARSE_NICE)
+            try:
+                done.append(self._prepare(con, group))
+            except BaseException as exc:  # raised again by the prepare thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=parse, name="bowknot-parse", daemon=True)
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
+        return done[0]
+
+    def _deliver(self, number: int, prepared: _Prepared | None) -> None:
+        """Hand group ``number`` to the commit stage (None: it failed, nothing to commit)."""
+        with self._ready_cond:
+            self._ready[number] = prepared
+            self._ready_cond.notify_all()
+
+    def _next_prepared(self, number: int) -> tuple[bool, _Prepared | None]:
+        """Wait for group ``number``: (False, None) once the prepare threads have stopped
+        and every group taken has been delivered."""
+        with self._ready_cond:
+            while number not in self._ready:
+                if not self._preparing:
+                    with self._cond:
+                        if number >= self._taken:
+                            return False, None
+                self._ready_cond.wait()
+            return True, self._ready.pop(number)
 
     def _run_commits(self) -> None:
-        """Stage 2: deduplicate against the log, append and commit, one group at a time."""
+        """Stage 2: deduplicate against the log, append and commit, one group at a time, in
+        the order the groups were taken."""
         con = self._store.connection.cursor()
         run(con, "SET TimeZone='UTC'")
         try:
             self._key_index(con)  # read the stored keys before the first commit needs them
         except Exception:
             log.exception("reading the stored keys failed")
-        self._warm[1].set()
-        while (prepared := self._ready.get()) is not None:
-            # While a large group commits, the next one is parsed (both stages busy). After a
-            # small one, the next group is taken once this commit is done, with every request
-            # that arrived meanwhile: small requests (survey answers) then make fewer, bigger
-            # commits, each costing about the same CPU (measured: 14 -> 19 answers a commit,
-            # CPU per answer -20 %, answers/s +20 %, benchmarks/surveys.py).
+        self._warm[-1].set()
+        number = 0
+        while True:
+            more, prepared = self._next_prepared(number)
+            if not more:
+                break
+            number += 1
+            if prepared is None:  # its preparation failed and was answered
+                continue
+            # While a large group commits, the next ones are parsed (both stages busy). After
+            # a small one, the next group is taken once this commit is done, with every
+            # request that arrived meanwhile: small requests (survey answers) then make
+            # fewer, bigger commits, each costing about the same CPU (measured: 14 -> 19
+            # answers a commit, CPU per answer -20 %, answers/s +20 %, benchmarks/surveys.py).
             early = sum(sub.size for sub in prepared.group) >= _AHEAD_BYTES
             if early:
                 self._free_slot()
@@ -627,12 +706,19 @@ class _Prepared:
 
 
 _CHECKPOINT_BYTES = 1 << 30
+_PREPARERS = 2  # prepare threads (see Writer.__init__)
+_PARSE_NICE = 5  # how much lower an import chunk's parse runs (Writer._prepare_import)
 _AHEAD_BYTES = 128 << 10  # a group this large is committed while the next one is parsed
 _BATCH_ROWS = 16_384  # an Arrow record batch is DuckDB's unit of parallel scanning
 _OUTCOMES = pa.array(ingest.OUTCOMES)
 # A statement over a holder reads its rows as one stream, on one core; above this many rows
 # planning (about 20 ms) is cheap next to the scan, and a registered table scans in parallel.
 _PREPARED_MAX_ROWS = 50_000
+
+
+def _imported(group: list[Submission]) -> bool:
+    """Whether ``group`` is a file import's chunk (no request bodies)."""
+    return group[0].items is not None and not group[0].requests
 
 
 def _literal(text: str | None) -> str:
