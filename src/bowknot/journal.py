@@ -80,9 +80,9 @@ def refresh(ws: Workspace) -> bool:
     """Rewrite the journal if a build ran since it was written; True when it did.
 
     Runs under the builder's lock, so it never sees a build half done. The rewrite sorts
-    every event: past ``memory_limit`` DuckDB spills to ``temp_directory`` (tens of GB at
-    100 M events under 8 GB), and running out of room there says which settings give it
-    room.
+    every event with its text, in ranges of persons past ``PASS_ROWS`` events: past
+    ``memory_limit`` DuckDB spills to ``temp_directory``, and running out of room there says
+    which settings give it room.
     """
     with ws.store.spill_errors():
         return _rewrite(ws)

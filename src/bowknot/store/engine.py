@@ -93,30 +93,23 @@ class Store:
 
     @contextmanager
     def spill_errors(self) -> Iterator[None]:
-        """DuckDB running out of room to spill, inside, raised as :meth:`spill_error`."""
+        """DuckDB running out of room to spill (``max_temp_directory_size`` or a full disk),
+        inside, raised as an error that says which settings give it room."""
         try:
             yield
         except duckdb.Error as exc:
-            error = self.spill_error(exc)
-            if error is None:
+            text = str(exc)
+            if "max_temp_directory_size" not in text and "No space left on device" not in text:
                 raise
-            raise error from exc
-
-    def spill_error(self, exc: BaseException) -> BowknotError | None:
-        """``exc`` (from DuckDB) as an error that says how to give spills room, if it is one
-        of DuckDB running out of room to spill; else None."""
-        text = str(exc)
-        if not isinstance(exc, duckdb.Error) or not (
-                "max_temp_directory_size" in text or "No space left on device" in text):
-            return None
-        where, most = run(self._con, "SELECT current_setting('temp_directory'), "
-                                     "current_setting('max_temp_directory_size')")[0]
-        return BowknotError(
-            f"DuckDB ran out of room to spill to {where} (at most {most}): "
-            f"{text.splitlines()[0]} Give it room: set BOWKNOT_TEMP_DIRECTORY to a directory "
-            "on a disk with more free space, raise BOWKNOT_MAX_TEMP_DIRECTORY_SIZE, or raise "
-            "BOWKNOT_MEMORY_LIMIT so less is spilled.", code="spill_space_exhausted",
-            temp_directory=where, max_temp_directory_size=most)
+            where, most = run(self._con, "SELECT current_setting('temp_directory'), "
+                                         "current_setting('max_temp_directory_size')")[0]
+            raise BowknotError(
+                f"DuckDB ran out of room to spill to {where} (at most {most}): "
+                f"{text.splitlines()[0]} Give it room: set BOWKNOT_TEMP_DIRECTORY to a "
+                "directory on a disk with more free space, raise "
+                "BOWKNOT_MAX_TEMP_DIRECTORY_SIZE, or raise BOWKNOT_MEMORY_LIMIT so less is "
+                "spilled.", code="spill_space_exhausted", temp_directory=where,
+                max_temp_directory_size=most) from exc
 
     def _migrate(self) -> None:
         """Bring a workspace made by an older bowknot to SCHEMA_VERSION, in one transaction."""
