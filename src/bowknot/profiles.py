@@ -21,7 +21,7 @@ from __future__ import annotations
 import duckdb
 
 from .errors import ValidationError
-from .identity import RAW_JSON, RAW_TEXT, hinted, key_of, split_list, ts_of
+from .identity import RAW_JSON, RAW_TEXT, hinted, key_of, split_list
 from .settings import Settings
 from .store.engine import run
 
@@ -108,6 +108,11 @@ COMBINE_EVENTS = """sum(events) AS events, sum(pages) AS pages, sum(screens) AS 
     max(last_booking_at) AS last_booking_at, min(first_event_at) AS first_event_at,
     max(last_event_at) AS last_event_at, max(last_touch_o) AS last_touch_o"""
 COMBINE = COMBINE_EVENTS + ", arg_max(last_touch, last_touch_o) AS last_touch"
+# A person's features from its identifiers' partials (``s``, node_stats rows).
+FEATURES = """sum(s.events) AS events, sum(s.pages) AS pages, sum(s.screens) AS screens,
+    sum(s.tracks) AS tracks, sum(s.identifies) AS identifies, sum(s.bookings) AS bookings,
+    sum(s.revenue) AS revenue, min(s.first_booking_at) AS first_booking_at,
+    max(s.last_booking_at) AS last_booking_at, max(s.last_event_at) AS last_event_at"""
 
 
 TRAIT_COMBINE = """max(o) AS o, arg_max(v, o) AS v, sum(total) AS total,
@@ -160,17 +165,19 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
     """
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_stats0 AS
         SELECT hash(ids[1].t, ids[1].v) AS node, {COMBINE_EVENTS} FROM b_tup GROUP BY 1""")
-    # The latest touch of each identifier: only the winners' details are read.
+    # The latest touch of each identifier: only the winners' details are read, kept by
+    # their order key (``b_touch(o, touch)``, one row per winner; an order key is one
+    # event's, so it names one identifier's touch).
     winners = f"SELECT {key_of('last_touch_o')} FROM b_stats0 WHERE last_touch_o IS NOT NULL"
-    stats = f"""SELECT s.*, t.touch AS last_touch
-        FROM b_stats0 s LEFT JOIN (
-          SELECT key, timestamp, {touch_struct(settings)} AS touch
-          FROM {hinted(f"(SELECT * FROM events WHERE {window} AND key IN ({winners}))")}) t
-          ON t.key = {key_of('s.last_touch_o')} AND t.timestamp = {ts_of('s.last_touch_o')}"""
-    run(con, f"CREATE OR REPLACE TEMP TABLE b_stats AS {stats}")
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_touch AS
+        SELECT {ORDER_KEY_EVENTS} AS o, {touch_struct(settings)} AS touch
+        FROM {hinted(f"(SELECT * FROM events WHERE {window} AND key IN ({winners}))")}""")
+    stats = """SELECT s.*, t.touch AS last_touch
+        FROM b_stats0 s LEFT JOIN b_touch t ON t.o = s.last_touch_o"""
     if full:  # the partials start empty
-        run(con, "INSERT INTO node_stats BY NAME SELECT * FROM b_stats")
+        run(con, f"INSERT INTO node_stats BY NAME {stats}")
     else:
+        run(con, f"CREATE OR REPLACE TEMP TABLE b_stats AS {stats}")
         run(con, f"""CREATE OR REPLACE TEMP TABLE b_merged AS
             SELECT node, {COMBINE}
             FROM (SELECT * FROM node_stats SEMI JOIN b_stats USING (node)
@@ -230,7 +237,7 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
     """Rewrite persons, features and traits of every person touched by this build."""
     # A full build reads this build's own temporary copies of the tables it has just
     # rewritten (the same rows), not the persistent tables written back from the disk.
-    node_stats, trait_stats = ("b_stats", "b_tr") if full else ("node_stats", "trait_stats")
+    trait_stats = "b_tr" if full else "trait_stats"
     if full:  # every person
         for table in ("persons", "profile_features", "person_traits"):
             run(con, f"DELETE FROM {table}")
@@ -244,8 +251,6 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
             run(con, f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM b_pset)")
         run(con, """CREATE OR REPLACE TEMP TABLE b_pnodes AS
             SELECT i.* FROM identities i SEMI JOIN b_pset USING (person_id)""")
-    # Every person once (a full build: resolution's own list).
-    persons = "b_roots" if full else "(SELECT DISTINCT person_id FROM b_pnodes)"
     if full:  # resolution has aggregated every person's row already
         written = run(con, """INSERT INTO persons SELECT person_id, root_type, root_value,
             first_seen, last_seen, known_at, identifiers, cluster FROM b_roots""")
@@ -279,25 +284,29 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                     UNION ALL
                     SELECT person_id, trait, {TRAIT_COMBINE}
                     FROM tp WHERE grouped GROUP BY person_id, trait))""")
+    if full:
+        # Grouped by resolution's integer group, the person id joined once per person; a
+        # group's latest touch is its greatest order key, looked up among the winners.
+        features = f"""SELECT g.grp, {FEATURES}, max(s.last_touch_o) AS touch_o
+            FROM b_stats0 s JOIN b_final g USING (node) GROUP BY g.grp"""
+        persons = "b_roots p LEFT JOIN f USING (grp)"
+        touch = "b_touch t ON t.o = f.touch_o"
+    else:
+        # the latest touch is looked up from its identifier: an arg_max carrying the
+        # STRUCT cost as much as the rest of the aggregation (a touch is never NULL where
+        # its order key is not, and an order key belongs to one identifier)
+        features = f"""SELECT i.person_id, {FEATURES},
+                arg_max(s.node, s.last_touch_o) AS touch_node
+            FROM b_pnodes i JOIN node_stats s USING (node) GROUP BY i.person_id"""
+        persons = "(SELECT DISTINCT person_id FROM b_pnodes) p LEFT JOIN f USING (person_id)"
+        touch = "(SELECT node, last_touch AS touch FROM node_stats) t ON t.node = f.touch_node"
     run(con, f"""INSERT INTO profile_features
-        WITH f AS (
-          SELECT i.person_id, sum(s.events) AS events, sum(s.pages) AS pages,
-                 sum(s.screens) AS screens, sum(s.tracks) AS tracks,
-                 sum(s.identifies) AS identifies, sum(s.bookings) AS bookings,
-                 sum(s.revenue) AS revenue, min(s.first_booking_at) AS first_booking_at,
-                 max(s.last_booking_at) AS last_booking_at,
-                 max(s.last_event_at) AS last_event_at,
-                 arg_max(s.node, s.last_touch_o) AS touch_node
-          FROM b_pnodes i JOIN {node_stats} s USING (node) GROUP BY i.person_id)
+        WITH f AS ({features})
         SELECT p.person_id, coalesce(f.events, 0), coalesce(f.pages, 0),
                coalesce(f.screens, 0), coalesce(f.tracks, 0), coalesce(f.identifies, 0),
                coalesce(f.bookings, 0), coalesce(f.revenue, 0), f.first_booking_at,
-               f.last_booking_at, f.last_event_at, t.last_touch
-        FROM {persons} p LEFT JOIN f USING (person_id)
-        -- the latest touch is looked up from its identifier: an arg_max carrying the
-        -- STRUCT cost as much as the rest of the aggregation (a touch is never NULL
-        -- where its order key is not, and an order key belongs to one identifier)
-        LEFT JOIN {node_stats} t ON t.node = f.touch_node""")
+               f.last_booking_at, f.last_event_at, t.touch
+        FROM {persons} LEFT JOIN {touch}""")
     return int(written[0][0])  # one row per person
 
 
