@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import bowknot
 from bowknot.errors import NotFound, ValidationError
+from bowknot.imports import import_file
 
 T0 = "2026-01-01T00:00:00Z"
 
@@ -213,6 +214,39 @@ def test_traits_from_several_events_and_identifiers_in_one_build(tmp_path: Path)
         # One partial per identifier and trait: a1's two identifies are combined.
         assert ws.sql("""SELECT count(*) AS n FROM trait_stats t JOIN identities i USING (node)
                          WHERE i.id_value = 'a1' AND t.trait = 'since'""")[0]["n"] == 1
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_traits_objects_as_sent(tmp_path: Path, full: bool) -> None:
+    """Every key of a traits object is a trait, whatever it spells (no JSON path is read
+    from it), with its value's JSON text (a null is JSON null); an object with a repeated
+    key gives no trait at all (which value was meant is unknown), and traits that are not
+    an object give none either."""
+    lines = [
+        '{"type": "identify", "userId": "u1", "timestamp": "T", "traits": {"a.b": 1, '
+        '"$x": "d", "q\\"t": [1, {"k": 2.50}], "": {"n": null}, "none": null, '
+        '"e": "", "/p": true}}',
+        '{"type": "identify", "userId": "u2", "timestamp": "T", '
+        '"traits": {"plan": "a", "city": "x", "plan": "b"}}',
+        '{"type": "track", "event": "Seen", "userId": "u3", "timestamp": "T", '
+        '"context": {"traits": ["plan", "gold"]}}',
+    ]
+    f = tmp_path / "events.jsonl"
+    f.write_text("\n".join(lines).replace('"T"', f'"{ts(1)}"') + "\n")
+    with bowknot.connect(tmp_path / "w.duckdb", profile_default_strategy="latest") as ws:
+        ws.identify("u2", timestamp=ts(2))  # u2 exists before its odd identify
+        if not full:
+            ws.build()
+        assert import_file(ws, f).accepted == 3
+        ws.build(full=full)
+        def values(ref: str) -> dict[str, str]:
+            return {r["trait"]: r["value"] for r in ws.sql(
+                "SELECT trait, value::VARCHAR AS value FROM person_traits WHERE person_id = ?",
+                [person_of(ws, ref)])}
+        assert values("u1") == {"a.b": "1", "$x": '"d"', 'q"t': '[1,{"k":2.5}]',
+                                "": '{"n":null}', "none": "null", "e": '""', "/p": "true"}
+        assert values("u2") == {}
+        assert values("u3") == {}
 
 
 def test_lifecycle_stages_and_features(tmp_path: Path) -> None:
