@@ -270,14 +270,23 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                    count(*), min(cluster)
             FROM b_pnodes GROUP BY person_id""")
     # A person whose traits come from one identifier (most) takes that identifier's
-    # partials as they are; only persons with several go through the aggregation.
+    # partials as they are; only persons with several go through the aggregation. ``pn``:
+    # the identifiers with traits, their person, and whether it has several (a full build
+    # counts them by resolution's integer group and joins the person id once per node).
+    if full:
+        pn = """WITH tn AS (SELECT g.grp, g.node FROM b_final g
+                            SEMI JOIN (SELECT DISTINCT node FROM b_tr) USING (node))
+            SELECT r.person_id, tn.node,
+                   tn.grp IN (SELECT grp FROM tn GROUP BY grp HAVING count(*) > 1) AS grouped
+            FROM tn JOIN b_roots r USING (grp)"""
+    else:
+        pn = """WITH tn AS (SELECT person_id, node FROM b_pnodes
+                            SEMI JOIN trait_stats USING (node))
+            SELECT person_id, node, person_id IN (
+                     SELECT person_id FROM tn GROUP BY person_id HAVING count(*) > 1) AS grouped
+            FROM tn"""
     run(con, f"""INSERT INTO person_traits
-        WITH pn AS MATERIALIZED (
-          SELECT i.person_id, i.node FROM b_pnodes i SEMI JOIN {trait_stats} t USING (node)),
-        several AS (SELECT person_id FROM pn GROUP BY person_id HAVING count(*) > 1),
-        tp AS MATERIALIZED (
-          SELECT p.person_id, p.person_id IN (SELECT person_id FROM several) AS grouped, t.*
-          FROM pn p JOIN {trait_stats} t USING (node))
+        WITH pn AS MATERIALIZED ({pn})
         SELECT person_id, trait,
                CASE strategy WHEN 'sum' THEN total::DOUBLE::VARCHAR::JSON
                     WHEN 'union' THEN ('[' || array_to_string(vals, ',') || ']')::JSON
@@ -286,10 +295,11 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
         FROM (SELECT *, {strategy_case(settings, 'trait')} AS strategy
               FROM (SELECT person_id, trait, o, v, total,
                            list_sort(list_distinct(vals)) AS vals
-                    FROM tp WHERE NOT grouped
+                    FROM {trait_stats} JOIN pn USING (node) WHERE NOT grouped
                     UNION ALL
                     SELECT person_id, trait, {TRAIT_COMBINE}
-                    FROM tp WHERE grouped GROUP BY person_id, trait))""")
+                    FROM {trait_stats} JOIN pn USING (node) WHERE grouped
+                    GROUP BY person_id, trait))""")
     if full:
         # Grouped by resolution's integer group, the person id joined once per person; a
         # group's latest touch is its greatest order key, looked up among the winners.
