@@ -40,7 +40,7 @@ DDL: tuple[str, ...] = (
 # Bumped when a derived table's shape changes: those tables are then recreated and the next
 # build is a full one. Operational state (identity_log, identity_overrides, person_redirects,
 # builds) is kept.
-DERIVED_VERSION = "8"
+DERIVED_VERSION = "9"
 DERIVED_TABLES = ("id_nodes", "id_edges", "identities", "event_fallback", "node_stats",
                   "trait_stats", "persons", "profile_features", "person_traits",
                   "journey_events")

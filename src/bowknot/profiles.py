@@ -32,26 +32,35 @@ ORDER_KEY = "(epoch_us(ts)::HUGEINT * 18446744073709551616 + key::HUGEINT)"
 ORDER_KEY_EVENTS = ORDER_KEY.replace("(ts)", "(timestamp)")
 _TOUCH = "STRUCT(ts TIMESTAMP, key UBIGINT, channel VARCHAR, campaign VARCHAR, event VARCHAR)"
 
+# Numbers are stored uncompressed too (like the text, see identity.RAW_TEXT): choosing
+# their compression cost more than it saved on tables every full build rewrites; most of
+# them are hashes and order keys that do not compress (20 M events: node_stats 1.19 -> 1.01,
+# trait_stats 0.76 -> 0.60, persons 0.34 -> 0.22, profile_features 0.68 -> 0.49 CPU-s per
+# insert). A STRUCT cannot be forced, so ``last_touch`` keeps DuckDB's choice.
+RAW = "USING COMPRESSION uncompressed"
+
 DDL: tuple[str, ...] = (
     f"""CREATE TABLE IF NOT EXISTS node_stats (
-        node UBIGINT, events BIGINT, pages BIGINT, screens BIGINT, tracks BIGINT,
-        identifies BIGINT, bookings BIGINT, revenue DECIMAL(38, 4),
-        first_booking_at TIMESTAMP, last_booking_at TIMESTAMP, first_event_at TIMESTAMP,
-        last_event_at TIMESTAMP, last_touch {_TOUCH}, last_touch_o HUGEINT)""",
+        node UBIGINT {RAW}, events BIGINT {RAW}, pages BIGINT {RAW}, screens BIGINT {RAW},
+        tracks BIGINT {RAW}, identifies BIGINT {RAW}, bookings BIGINT {RAW},
+        revenue DECIMAL(38, 4) {RAW}, first_booking_at TIMESTAMP {RAW},
+        last_booking_at TIMESTAMP {RAW}, first_event_at TIMESTAMP {RAW},
+        last_event_at TIMESTAMP {RAW}, last_touch {_TOUCH}, last_touch_o HUGEINT {RAW})""",
     # Per identifier and trait, the partial its strategy needs: the value at the greatest
     # order ``o`` (event time then key as one HUGEINT, see ORDER_KEY; negated for ``first``,
     # so every strategy keeps a maximum), the sum, or the distinct values.
     f"""CREATE TABLE IF NOT EXISTS trait_stats (
-        node UBIGINT, trait {RAW_TEXT}, o HUGEINT, v {RAW_JSON}, total DECIMAL(38, 4),
-        vals VARCHAR[] USING COMPRESSION uncompressed)""",
+        node UBIGINT {RAW}, trait {RAW_TEXT}, o HUGEINT {RAW}, v {RAW_JSON},
+        total DECIMAL(38, 4) {RAW}, vals VARCHAR[] {RAW})""",
     f"""CREATE TABLE IF NOT EXISTS persons (
         person_id {RAW_TEXT}, root_type {RAW_TEXT}, root_value {RAW_TEXT},
-        first_seen TIMESTAMP, last_seen TIMESTAMP, known_at TIMESTAMP, identifiers INTEGER,
-        cluster UBIGINT)""",
+        first_seen TIMESTAMP {RAW}, last_seen TIMESTAMP {RAW}, known_at TIMESTAMP {RAW},
+        identifiers INTEGER {RAW}, cluster UBIGINT {RAW})""",
     f"""CREATE TABLE IF NOT EXISTS profile_features (
-        person_id {RAW_TEXT}, events BIGINT, pages BIGINT, screens BIGINT, tracks BIGINT,
-        identifies BIGINT, bookings BIGINT, revenue DECIMAL(38, 4),
-        first_booking_at TIMESTAMP, last_booking_at TIMESTAMP, last_event_at TIMESTAMP,
+        person_id {RAW_TEXT}, events BIGINT {RAW}, pages BIGINT {RAW}, screens BIGINT {RAW},
+        tracks BIGINT {RAW}, identifies BIGINT {RAW}, bookings BIGINT {RAW},
+        revenue DECIMAL(38, 4) {RAW}, first_booking_at TIMESTAMP {RAW},
+        last_booking_at TIMESTAMP {RAW}, last_event_at TIMESTAMP {RAW},
         last_touch {_TOUCH})""",
     f"""CREATE TABLE IF NOT EXISTS person_traits (
         person_id {RAW_TEXT}, trait {RAW_TEXT}, value {RAW_JSON}, strategy {RAW_TEXT})""",
@@ -102,9 +111,13 @@ EVENT_AGGREGATES = """count(*) AS events, count_if(type = 'page') AS pages,
     max(ts) FILTER (WHERE booking) AS last_booking_at,
     max(ts) AS last_event_at, max(o) FILTER (WHERE touch) AS last_touch_o, min(o) AS first,
     list({'o': o, 'tr': tr}) FILTER (WHERE tr IS NOT NULL) AS trs"""
-COMBINE_EVENTS = """sum(events) AS events, sum(pages) AS pages, sum(screens) AS screens,
-    sum(tracks) AS tracks, sum(identifies) AS identifies, sum(bookings) AS bookings,
-    sum(revenue) AS revenue, min(first_booking_at) AS first_booking_at,
+# The counts are summed as BIGINT (the event pass's count_if gives HUGEINT): cheaper here and
+# in every sum of their sums.
+COMBINE_EVENTS = """sum(events::BIGINT)::BIGINT AS events, sum(pages::BIGINT)::BIGINT AS pages,
+    sum(screens::BIGINT)::BIGINT AS screens, sum(tracks::BIGINT)::BIGINT AS tracks,
+    sum(identifies::BIGINT)::BIGINT AS identifies,
+    sum(bookings::BIGINT)::BIGINT AS bookings, sum(revenue) AS revenue,
+    min(first_booking_at) AS first_booking_at,
     max(last_booking_at) AS last_booking_at, min(first_event_at) AS first_event_at,
     max(last_event_at) AS last_event_at, max(last_touch_o) AS last_touch_o"""
 COMBINE = COMBINE_EVENTS + ", arg_max(last_touch, last_touch_o) AS last_touch"
@@ -141,18 +154,21 @@ def event_columns(settings: Settings) -> str:
         OR (_ctx->'campaign') IS NOT NULL AS touch, {TRAITS_COLUMN} AS tr"""
 
 
-def touch_struct(settings: Settings) -> str:
-    """SQL over a hinted event: its touch (a touch event's, or a campaign in its context).
+def touches(settings: Settings, events: str) -> str:
+    """SQL: ``(o, touch)`` of ``events`` (hinted events rows): each one's order key and its
+    touch (a touch event's, or a campaign in its context).
 
-    Only computed for the few events that are some identifier's latest touch: the
-    aggregates keep the touch's order key (``last_touch_o``) and :func:`update_stats`
-    looks the winners up."""
-    return f"""CASE WHEN list_contains({_in_list(settings.touch_events)}, event)
-             THEN {{'ts': timestamp, 'key': key, 'channel': properties->>'channel',
-                   'campaign': properties->>'campaign_id', 'event': event}}
-           ELSE {{'ts': timestamp, 'key': key, 'channel': _ctx->'campaign'->>'source',
-                  'campaign': _ctx->'campaign'->>'name', 'event': coalesce(event, type)}}
-      END"""
+    Only run for the few events that are some identifier's latest touch: the aggregates
+    keep the touch's order key (``last_touch_o``) and :func:`update_stats` looks the winners
+    up. Each event's JSON is parsed once for both of its fields."""
+    return f"""SELECT {ORDER_KEY_EVENTS} AS o,
+        {{'ts': timestamp, 'key': key, 'channel': f[1], 'campaign': f[2],
+          'event': coalesce(event, type)}} AS touch
+      FROM (SELECT *, CASE
+              WHEN coalesce(list_contains({_in_list(settings.touch_events)}, event), false)
+              THEN json_extract_string(properties, ['$.channel', '$.campaign_id'])
+              ELSE json_extract_string(_ctx, ['$.campaign.source', '$.campaign.name'])
+            END AS f FROM {events})"""
 
 
 def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
@@ -169,9 +185,8 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
     # their order key (``b_touch(o, touch)``, one row per winner; an order key is one
     # event's, so it names one identifier's touch).
     winners = f"SELECT {key_of('last_touch_o')} FROM b_stats0 WHERE last_touch_o IS NOT NULL"
-    run(con, f"""CREATE OR REPLACE TEMP TABLE b_touch AS
-        SELECT {ORDER_KEY_EVENTS} AS o, {touch_struct(settings)} AS touch
-        FROM {hinted(f"(SELECT * FROM events WHERE {window} AND key IN ({winners}))")}""")
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_touch AS {touches(settings, hinted(
+        f"(SELECT * FROM events WHERE {window} AND key IN ({winners}))"))}""")
     stats = """SELECT s.*, t.touch AS last_touch
         FROM b_stats0 s LEFT JOIN b_touch t ON t.o = s.last_touch_o"""
     if full:  # the partials start empty
