@@ -32,11 +32,13 @@ ORDER_KEY = "(epoch_us(ts)::HUGEINT * 18446744073709551616 + key::HUGEINT)"
 ORDER_KEY_EVENTS = ORDER_KEY.replace("(ts)", "(timestamp)")
 _TOUCH = "STRUCT(ts TIMESTAMP, key UBIGINT, channel VARCHAR, campaign VARCHAR, event VARCHAR)"
 
-# Numbers are stored uncompressed too (like the text, see identity.RAW_TEXT): choosing
-# their compression cost more than it saved on tables every full build rewrites; most of
-# them are hashes and order keys that do not compress (20 M events: node_stats 1.19 -> 1.01,
-# trait_stats 0.76 -> 0.60, persons 0.34 -> 0.22, profile_features 0.68 -> 0.49 CPU-s per
-# insert). A STRUCT cannot be forced, so ``last_touch`` keeps DuckDB's choice.
+# The numbers of the per-identifier and per-person tables are stored uncompressed too (like
+# the text, see identity.RAW_TEXT): choosing their compression cost more than it saved on
+# tables every full build rewrites (20 M events, insert by insert, alternately: node_stats
+# 1.25-1.35 -> 0.91-1.21, profile_features 0.68-0.71 -> 0.52-0.55, persons 0.29-0.31 ->
+# 0.21-0.23 CPU-s), for ~190 MB more on disk (74 -> 176, 53 -> 125, 78 -> 91 MB).
+# trait_stats keeps DuckDB's choice: 0.03-0.1 CPU-s was not worth its 65 MB. A STRUCT
+# cannot be forced, so ``last_touch`` keeps DuckDB's choice.
 RAW = "USING COMPRESSION uncompressed"
 
 DDL: tuple[str, ...] = (
@@ -50,8 +52,8 @@ DDL: tuple[str, ...] = (
     # order ``o`` (event time then key as one HUGEINT, see ORDER_KEY; negated for ``first``,
     # so every strategy keeps a maximum), the sum, or the distinct values.
     f"""CREATE TABLE IF NOT EXISTS trait_stats (
-        node UBIGINT {RAW}, trait {RAW_TEXT}, o HUGEINT {RAW}, v {RAW_JSON},
-        total DECIMAL(38, 4) {RAW}, vals VARCHAR[] {RAW})""",
+        node UBIGINT, trait {RAW_TEXT}, o HUGEINT, v {RAW_JSON}, total DECIMAL(38, 4),
+        vals VARCHAR[] {RAW})""",
     f"""CREATE TABLE IF NOT EXISTS persons (
         person_id {RAW_TEXT}, root_type {RAW_TEXT}, root_value {RAW_TEXT},
         first_seen TIMESTAMP {RAW}, last_seen TIMESTAMP {RAW}, known_at TIMESTAMP {RAW},
@@ -308,8 +310,8 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
                     ELSE v END,
                strategy
         FROM (SELECT *, {strategy_case(settings, 'trait')} AS strategy
-              FROM (SELECT person_id, trait, o, v, total,
-                           list_sort(list_distinct(vals)) AS vals
+              -- a partial's vals are sorted and distinct already
+              FROM (SELECT person_id, trait, o, v, total, vals
                     FROM {trait_stats} JOIN pn USING (node) WHERE NOT grouped
                     UNION ALL
                     SELECT person_id, trait, {TRAIT_COMBINE}
