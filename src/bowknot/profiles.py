@@ -178,8 +178,11 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
     """Fold the new events (``b_tup``, from the events matching ``window``) into the
     per-identifier partials.
 
-    Leaves (incremental builds) ``b_stat_nodes(node)``: identifiers whose aggregates
-    changed (a full build rewrites every person anyway).
+    Leaves ``b_stats0`` (the new events' partials by identifier, without their touch),
+    ``b_touch(o, touch)`` (those partials' latest touches by order key) and ``b_tr`` (the
+    new traits partials), which a full build's :func:`update_persons` reads, and
+    (incremental builds) ``b_stat_nodes(node)``: identifiers whose aggregates changed (a full
+    build rewrites every person anyway).
     """
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_stats0 AS
         SELECT hash(ids[1].t, ids[1].v) AS node, {COMBINE_EVENTS} FROM b_tup GROUP BY 1""")
@@ -257,7 +260,10 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
 
 
 def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool) -> int:
-    """Rewrite persons, features and traits of every person touched by this build."""
+    """Rewrite persons, features and traits of every person touched by this build.
+
+    A full build reads resolution's ``b_final`` (node, grp) and ``b_roots`` (grp,
+    person_id, ...: one row per person) and :func:`update_stats`' temporary tables."""
     # A full build reads this build's own temporary copies of the tables it has just
     # rewritten (the same rows), not the persistent tables written back from the disk.
     trait_stats = "b_tr" if full else "trait_stats"
