@@ -236,6 +236,29 @@ def test_lifecycle_stages_and_features(tmp_path: Path) -> None:
         assert touch["channel"] == "email" and touch["campaign"] == "summer"
 
 
+def test_features_count_every_type_of_event(ws: bowknot.Workspace) -> None:
+    # Pages are counted as the events of no other type (see profiles.EVENT_AGGREGATES): a
+    # group or alias call must not count as one.
+    ws.page("Home", anonymous_id="a1", timestamp=ts(1))
+    ws.screen("Start", anonymous_id="a1", timestamp=ts(1, 1))
+    ws.identify("u1", anonymous_id="a1", timestamp=ts(2))
+    ws.group("g1", user_id="u1", timestamp=ts(2, 1))
+    ws.build()
+    ws.page("Cars", user_id="u1", timestamp=ts(3))
+    ws.alias("u1", previous_id="a1", timestamp=ts(3, 1))
+    ws.track("Booking Completed", user_id="u1", properties={"revenue": 12.5}, timestamp=ts(4))
+    ws.track("Booking Completed", user_id="u1", properties={"revenue": 7}, timestamp=ts(5))
+    ws.track("Offer Refused", user_id="u1", timestamp=ts(6))
+    expected = {"events": 9, "pages": 2, "screens": 1, "tracks": 3, "identifies": 1,
+                "bookings": 2, "revenue": 19.5, "first_booking_at": "2026-01-04 00:00:00",
+                "last_booking_at": "2026-01-05 00:00:00"}
+    for full in (False, True):
+        ws.build(full=full)
+        p = ws.persons.get("u1")
+        assert {k: float(p[k]) if k == "revenue" else str(p[k]) if "_at" in k else p[k]
+                for k in expected} == expected
+
+
 def test_lookup_errors_say_what_to_do(ws: bowknot.Workspace) -> None:
     with pytest.raises(NotFound, match="bowknot build"):
         ws.persons.resolve("nobody@example.com")
