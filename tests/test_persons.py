@@ -259,6 +259,25 @@ def test_features_count_every_type_of_event(ws: bowknot.Workspace) -> None:
                 for k in expected} == expected
 
 
+def test_traits_from_the_context_and_the_timezone(ws: bowknot.Workspace) -> None:
+    # context.traits (read once per event for the e-mail, the phone and the traits) and an
+    # identify's context.timezone (its own traits win) become traits.
+    ws.track("Campaign Clicked", user_id="u1", timestamp=ts(1), context={
+        "traits": {"plan": "gold", "email": "U1@x.com", "phone": "+1 (555) 01"},
+        "campaign": {"source": "mail", "name": "spring"}})
+    ws.identify("u1", traits={"city": "Porto"}, context={"timezone": "Europe/Lisbon"},
+                timestamp=ts(2))
+    ws.identify("u2", traits={"timezone": "Asia/Tokyo"}, context={"timezone": "Europe/Rome"},
+                timestamp=ts(2))
+    ws.build()
+    u1 = ws.persons.get("u1")
+    assert u1["traits"] == {"plan": "gold", "email": "U1@x.com", "phone": "+1 (555) 01",
+                            "city": "Porto", "timezone": "Europe/Lisbon"}
+    assert {(i["id_type"], i["id_value"]) for i in u1["identifiers"]} == {
+        ("user_id", "u1"), ("email", "u1@x.com"), ("phone", "+155501")}
+    assert ws.persons.get("u2")["traits"] == {"timezone": "Asia/Tokyo"}
+
+
 def test_lookup_errors_say_what_to_do(ws: bowknot.Workspace) -> None:
     with pytest.raises(NotFound, match="bowknot build"):
         ws.persons.resolve("nobody@example.com")

@@ -122,8 +122,11 @@ CONTEXT_HINT = """CASE WHEN contains(context, '"traits"') OR contains(context, '
 
 
 def hinted(relation: str) -> str:
-    """``relation`` (events rows) with ``_ctx``: see CONTEXT_HINT."""
-    return f"(SELECT *, {CONTEXT_HINT} AS _ctx FROM {relation})"
+    """``relation`` (events rows) with ``_ctx`` (see CONTEXT_HINT) and ``_ct``, its traits:
+    parsed once for the e-mail, the id traits and the traits column (20 M events, the event
+    columns, median of five runs alternated with the three parses: 3.8 -> 3.3 CPU-s)."""
+    return f"""(SELECT *, _ctx->'traits' AS _ct
+                FROM (SELECT *, {CONTEXT_HINT} AS _ctx FROM {relation}))"""
 
 
 def raw_columns(settings: Settings) -> str:
@@ -134,12 +137,12 @@ def raw_columns(settings: Settings) -> str:
     """
     traits = "".join(
         f""", CASE WHEN contains(traits, '"{t}"') OR _ctx IS NOT NULL
-               THEN regexp_replace(coalesce(traits->>'{t}', _ctx->'traits'->>'{t}'),
+               THEN regexp_replace(coalesce(traits->>'{t}', _ct->>'{t}'),
                                    '[^0-9+]', '', 'g') END AS "r_{t}\""""
         for t in split_list(settings.identity_id_traits))
     return f"""user_id AS r_user, anonymous_id AS r_anon, previous_id AS r_prev,
       CASE WHEN contains(traits, '"email"') OR _ctx IS NOT NULL
-           THEN lower(trim(coalesce(traits->>'email', _ctx->'traits'->>'email'))) END
+           THEN lower(trim(coalesce(traits->>'email', _ct->>'email'))) END
         AS r_email{traits},
       CASE WHEN _ctx IS NOT NULL THEN _ctx->'externalIds' END AS r_ext"""
 
@@ -226,7 +229,7 @@ def ids_from_raw(settings: Settings) -> str:
 
 def with_ids(settings: Settings, relation: str) -> str:
     """``relation``'s rows (events) with their identifier list ``ids``."""
-    return f"""SELECT * EXCLUDE (_ctx, {', '.join(raw_names(settings))}),
+    return f"""SELECT * EXCLUDE (_ctx, _ct, {', '.join(raw_names(settings))}),
                       {ids_from_raw(settings)} AS ids
                FROM (SELECT *, {raw_columns(settings)} FROM {hinted(relation)})"""
 

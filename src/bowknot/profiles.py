@@ -90,7 +90,7 @@ TRAITS_COLUMN = """CASE WHEN type = 'identify' THEN
                   THEN json_merge_patch(json_object('timezone', context->'timezone'),
                                         coalesce(traits, '{}'))
                   ELSE traits END
-           WHEN (_ctx->'traits') IS NOT NULL THEN _ctx->'traits' END"""
+           WHEN _ct IS NOT NULL THEN _ct END"""
 
 # Partial aggregates of a group of events (columns of ``event_columns``), and how partials
 # combine: every one is associative, so builds can fold new events in any order. The first
