@@ -492,10 +492,20 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
                      min(first_seen) FILTER (WHERE id_type <> 'anonymous_id') AS known,
                      count(*) AS identifiers, min(cluster) AS cluster
               FROM b_final GROUP BY grp)""")
-    resolved = run(con, f"""CREATE OR REPLACE TEMP TABLE b_new AS
-        SELECT f.node, f.id_type, f.id_value, f.cluster, r.person_id, f.status,
+    new_rows = f"""SELECT f.node, f.id_type, f.id_value, f.cluster, r.person_id, f.status,
                {ts_of('f.first_seen')} AS first_seen, f.last_seen, r.root = f.node AS is_root
-        FROM b_final f JOIN b_roots r USING (grp)""")[0][0]
+        FROM b_final f JOIN b_roots r USING (grp)"""
+    if full and not _any(con, "identities"):
+        # A first build (or one after a reset): no person to compare with, so nothing moved.
+        # The rows go straight into identities, which b_new then reads: one pass instead of
+        # a temporary copy and its insert (1 M persons: 1.6 against 2.2 CPU-s), and reading
+        # two columns back costs what reading the copy does.
+        resolved = run(con, f"INSERT INTO identities {new_rows}")[0][0]
+        run(con, "CREATE OR REPLACE TEMP VIEW b_new AS SELECT * FROM identities")
+        _log_changes(con, build_id, moved=False)
+        return {"graph_rounds": rounds, "label_rounds": label_rounds,
+                "identifiers_resolved": resolved}
+    resolved = run(con, f"CREATE OR REPLACE TEMP TABLE b_new AS {new_rows}")[0][0]
     # What changed: identifiers whose person changed, for the log and the redirects.
     run(con, """CREATE OR REPLACE TEMP TABLE b_moves AS
         SELECT o.person_id AS old_id, n.person_id AS new_id, n.node
@@ -504,7 +514,7 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
         run(con, """CREATE OR REPLACE TEMP TABLE b_persons AS
             SELECT DISTINCT person_id FROM identities SEMI JOIN b_aff USING (node)
             UNION SELECT DISTINCT person_id FROM b_new""")
-    _log_changes(con, build_id)
+    _log_changes(con, build_id, moved=_any(con, "b_moves"))
     if full:
         run(con, "DELETE FROM identities")
     else:
@@ -521,9 +531,11 @@ def _any(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     return bool(run(con, f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)")[0][0])
 
 
-def _log_changes(con: duckdb.DuckDBPyConnection, build_id: int) -> None:
-    """Log merges (an old person absorbed into another) and splits; keep redirects."""
-    if _any(con, "b_moves"):  # else (a first build, most builds) nothing merged or split
+def _log_changes(con: duckdb.DuckDBPyConnection, build_id: int, moved: bool) -> None:
+    """Log merges (an old person absorbed into another) and splits; keep redirects.
+
+    ``moved``: whether any identifier changed person (``b_moves``); most builds have none."""
+    if moved:
         _log_moves(con, build_id)
     run(con, """UPDATE identity_log SET cause_message_id = e.message_id, cause_source = e.source
         FROM events e WHERE identity_log.cause_key = e.key
