@@ -262,20 +262,24 @@ def person_id_sql(id_type: str, id_value: str) -> str:
 
 # --- the graph ------------------------------------------------------------------------------
 
+# The identifiers of b_tup, one row each (id_nodes' columns). Each identifier's node is hashed
+# once, after grouping (not once per occurrence).
+OCCURRENCES = """SELECT id_type, id_value, hash(id_type, id_value) AS node, first_seen, last_seen
+    FROM (SELECT x.t AS id_type, x.v AS id_value, min(first) AS first_seen,
+                 max(last_event_at) AS last_seen
+          FROM (SELECT first, last_event_at, unnest(ids) AS x FROM b_tup) GROUP BY ALL)"""
+
+
 def update_graph(con: duckdb.DuckDBPyConnection, full: bool = False) -> None:
     """Fold new identifiers into the graph from ``b_tup``: one row per distinct combination
     of raw identifier fields in the new events, with ``ids``, ``first`` (the earliest
     (ts, key) of its events) and ``last_event_at``.
 
-    Leaves ``b_occ``, the new events' identifiers, and (incremental builds)
-    ``b_touched(node)``: nodes that are new or gained a link, or are now seen earlier, whose
-    clusters must be resolved again.
+    Leaves ``b_links`` (the new events' links) and, in incremental builds, ``b_occ`` (the
+    new events' identifiers: a full build's :func:`resolve` writes it and ``id_nodes``, each
+    identifier with its component) and ``b_touched(node)``: nodes that are new or gained a
+    link, or are now seen earlier, whose clusters must be resolved again.
     """
-    # Each identifier's node is hashed once, after grouping (not once per occurrence).
-    occ = """SELECT id_type, id_value, hash(id_type, id_value) AS node, first_seen, last_seen
-        FROM (SELECT x.t AS id_type, x.v AS id_value, min(first) AS first_seen,
-                     max(last_event_at) AS last_seen
-              FROM (SELECT first, last_event_at, unnest(ids) AS x FROM b_tup) GROUP BY ALL)"""
     links = f"""SELECT least(p, o) AS a, greatest(p, o) AS b, min(first) AS first
         FROM (SELECT first, {node_expr('ids[1]')} AS p,
                      unnest(list_transform(ids[2:], lambda x: {node_expr('x')})) AS o
@@ -283,13 +287,12 @@ def update_graph(con: duckdb.DuckDBPyConnection, full: bool = False) -> None:
         WHERE p <> o GROUP BY ALL"""
     # Materialised first: DuckDB aggregates in parallel into a temporary table, and a
     # persistent table's insert from a table is cheaper than from an aggregate (measured).
-    run(con, f"CREATE OR REPLACE TEMP TABLE b_occ AS {occ}")
     run(con, f"CREATE OR REPLACE TEMP TABLE b_links AS {links}")
     if full:  # the graph starts empty: every identifier and link is new
-        run(con, "INSERT INTO id_nodes BY NAME SELECT * FROM b_occ")
         run(con, "INSERT INTO id_edges SELECT * FROM b_links")
         run(con, "DELETE FROM identity_dirty")
         return
+    run(con, f"CREATE OR REPLACE TEMP TABLE b_occ AS {OCCURRENCES}")
     # New identifiers, new links, and identifiers now seen earlier than before (a late
     # event can change which identifier is a person's root, hence its id).
     run(con, """CREATE OR REPLACE TEMP TABLE b_touched AS
@@ -375,6 +378,15 @@ COMPONENT_JOINS = """LEFT JOIN b_first1 f1 ON f1.node = n.node
     LEFT JOIN b_cl c ON c.node = coalesce(f2.comp, f1.comp, n.node)"""
 
 
+def _with_component(nodes: str) -> str:
+    """SQL: the rows of ``nodes`` (id_nodes' columns) with their component and whether they
+    are anchors (user ids and the identifiers named by unmerges)."""
+    return f"""SELECT n.*, {COMPONENT} AS comp,
+               n.id_type = '{UNIQUE_TYPE}' OR o.node IS NOT NULL AS anchor
+        FROM {nodes} n {COMPONENT_JOINS}
+        LEFT JOIN (SELECT DISTINCT node FROM identity_overrides) o ON o.node = n.node"""
+
+
 def _label(con: duckdb.DuckDBPyConnection) -> int:
     """In clusters with several anchors, each node joins the anchor it was linked to first.
 
@@ -416,9 +428,6 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     changed (old and new ids).
     """
     if full:
-        # Every identifier (one no longer in the graph has no row in the new resolution).
-        # A full build has just written the graph from its temporary copies (the same rows).
-        run(con, "CREATE OR REPLACE TEMP VIEW b_aff AS SELECT node FROM b_occ")
         run(con, "CREATE OR REPLACE TEMP VIEW b_edges AS SELECT * FROM b_links")
     else:
         run(con, """CREATE OR REPLACE TEMP TABLE b_aff AS
@@ -431,15 +440,19 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     run(con, """CREATE OR REPLACE TEMP VIEW b_dedges AS
         SELECT a AS x, b AS y, first FROM b_edges UNION ALL SELECT b, a, first FROM b_edges""")
     rounds = _components(con)
-    # Every identifier with its component, in one pass (anchors: user ids and the
-    # identifiers named by unmerges).
-    nodes = "b_occ" if full else """(SELECT * FROM id_nodes WHERE node IN (
-        SELECT node FROM b_aff UNION ALL SELECT node FROM b_first1))"""
-    run(con, f"""CREATE OR REPLACE TEMP TABLE b_nodes AS
-        SELECT n.node, {COMPONENT} AS comp, n.id_type, n.id_value, n.first_seen, n.last_seen,
-               n.id_type = '{UNIQUE_TYPE}' OR o.node IS NOT NULL AS anchor
-        FROM {nodes} n {COMPONENT_JOINS}
-        LEFT JOIN (SELECT DISTINCT node FROM identity_overrides) o ON o.node = n.node""")
+    if full:
+        # Every identifier aggregated with its component in one pass (not copied again),
+        # then written to the graph as it is.
+        run(con, f"CREATE OR REPLACE TEMP TABLE b_occ AS {_with_component(f'({OCCURRENCES})')}")
+        run(con, """INSERT INTO id_nodes
+            SELECT node, id_type, id_value, first_seen, last_seen FROM b_occ""")
+        # (one no longer in the graph has no row in the new resolution)
+        run(con, "CREATE OR REPLACE TEMP VIEW b_aff AS SELECT node FROM b_occ")
+        run(con, "CREATE OR REPLACE TEMP VIEW b_nodes AS SELECT * FROM b_occ")
+    else:
+        run(con, f"""CREATE OR REPLACE TEMP TABLE b_nodes AS {_with_component(
+            "(SELECT * FROM id_nodes WHERE node IN (SELECT node FROM b_aff "
+            "UNION ALL SELECT node FROM b_first1))")}""")
     per_type, default_limit = limits(settings)
     # A group holds at most one anchor, so never two user ids (limited to 1); a group is part
     # of a cluster, so one can exceed another type's limit only in a cluster larger than the
