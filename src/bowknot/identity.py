@@ -387,6 +387,20 @@ def _with_component(nodes: str) -> str:
         LEFT JOIN (SELECT DISTINCT node FROM identity_overrides) o ON o.node = n.node"""
 
 
+def _roots(identifiers: str) -> str:
+    """SQL: ``b_roots`` rows (one per ``grp``, see :func:`resolve`) of ``identifiers`` (grp,
+    cluster and b_nodes' columns); ``anchors`` counts the group's anchors."""
+    return f"""SELECT grp, {person_id_sql('root.t', 'root.v')} AS person_id, root.n AS root,
+               root.t AS root_type, root.v AS root_value, {ts_of('root.f')} AS first_seen,
+               last_seen, {ts_of('known')} AS known_at, identifiers, cluster, anchors
+        FROM (SELECT grp, min({{'f': first_seen, 'n': node, 't': id_type, 'v': id_value}})
+                            AS root, max(last_seen) AS last_seen,
+                     min(first_seen) FILTER (WHERE id_type <> 'anonymous_id') AS known,
+                     count(*) AS identifiers, min(cluster) AS cluster,
+                     count_if(anchor) AS anchors
+              FROM {identifiers} GROUP BY grp)"""
+
+
 def _label(con: duckdb.DuckDBPyConnection) -> int:
     """In clusters with several anchors, each node joins the anchor it was linked to first.
 
@@ -424,8 +438,8 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
     Rewrites their rows of ``identities``, logs merges and splits, keeps redirects, and leaves
     ``b_final`` (node, grp: every resolved identifier and its person's group), ``b_new`` (the
     rows written), ``b_roots`` (one row per resolved person, by ``grp``, with its ``persons``
-    columns) and (incremental builds) ``b_persons(person_id)``: every person whose identifiers
-    changed (old and new ids).
+    columns and its number of ``anchors``) and (incremental builds) ``b_persons(person_id)``:
+    every person whose identifiers changed (old and new ids).
     """
     if full:
         run(con, "CREATE OR REPLACE TEMP VIEW b_edges AS SELECT * FROM b_links")
@@ -454,18 +468,25 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
             "(SELECT * FROM id_nodes WHERE node IN (SELECT node FROM b_aff "
             "UNION ALL SELECT node FROM b_first1))")}""")
     per_type, default_limit = limits(settings)
+    # One row per person: its id (hashed once per person, not once per identifier), its root
+    # (the first seen node) and the rest of its ``persons`` row, which a full build writes as
+    # it is (the same aggregation over the same rows, grouped by person once). First every
+    # cluster is taken for a person, which all but a few are: the same pass finds those.
+    run(con, f"""CREATE OR REPLACE TEMP TABLE b_roots AS
+        {_roots("(SELECT *, comp AS grp, comp AS cluster FROM b_nodes)")}""")
     # A group holds at most one anchor, so never two user ids (limited to 1); a group is part
     # of a cluster, so one can exceed another type's limit only in a cluster larger than the
-    # smallest limit. One pass finds the few clusters that need more work than a group by.
+    # smallest limit.
     bounded = [n for t, n in per_type.items() if t != UNIQUE_TYPE] + (
         [default_limit] if default_limit else [])
-    large = f"count(*) > {min(bounded)}" if bounded else "false"
-    run(con, f"""CREATE OR REPLACE TEMP TABLE b_comp AS
-        SELECT comp, count_if(anchor) AS anchors, {large} AS large
-        FROM b_nodes GROUP BY comp HAVING count_if(anchor) > 1 OR {large}""")
-    multi, big = run(con, "SELECT count_if(anchors > 1), count_if(large) FROM b_comp")[0]
+    large = f"identifiers > {min(bounded)}" if bounded else "false"
+    multi, big = run(con, f"SELECT count_if(anchors > 1), count_if({large}) FROM b_roots")[0]
     label_rounds = 0
     grp, lab_join = "n.comp", ""
+    if multi or big:
+        run(con, f"""CREATE OR REPLACE TEMP TABLE b_comp AS
+            SELECT grp AS comp, anchors, {large} AS large FROM b_roots
+            WHERE anchors > 1 OR {large}""")
     if multi:
         run(con, """CREATE OR REPLACE TEMP TABLE b_multi AS
             SELECT node, anchor FROM b_nodes
@@ -498,23 +519,14 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
         status = "CASE WHEN o.node IS NOT NULL THEN 'over_limit' ELSE 'linked' END"
     # A view where every group is its cluster (no joins to repeat): read twice, it costs less
     # than a copy of every identifier.
-    kind = "TABLE" if multi or big else "VIEW"
-    run(con, f"""CREATE OR REPLACE TEMP {kind} b_final AS
+    run(con, f"""CREATE OR REPLACE TEMP {"TABLE" if multi or big else "VIEW"} b_final AS
         SELECT n.node, n.id_type, n.id_value, n.comp AS cluster, n.first_seen, n.last_seen,
-               {final_grp} AS grp, {status} AS status
+               {final_grp} AS grp, {status} AS status, n.anchor
         FROM b_nodes n {lab_join} {over_join}""")
-    # One row per person: its id (hashed once per person, not once per identifier), its root
-    # (the first seen node) and the rest of its ``persons`` row, which a full build writes as
-    # it is (the same aggregation over the same rows, grouped by person once).
-    run(con, f"""CREATE OR REPLACE TEMP TABLE b_roots AS
-        SELECT grp, {person_id_sql('root.t', 'root.v')} AS person_id, root.n AS root,
-               root.t AS root_type, root.v AS root_value, {ts_of('root.f')} AS first_seen,
-               last_seen, {ts_of('known')} AS known_at, identifiers, cluster
-        FROM (SELECT grp, min({{'f': first_seen, 'n': node, 't': id_type, 'v': id_value}})
-                            AS root, max(last_seen) AS last_seen,
-                     min(first_seen) FILTER (WHERE id_type <> 'anonymous_id') AS known,
-                     count(*) AS identifiers, min(cluster) AS cluster
-              FROM b_final GROUP BY grp)""")
+    if multi or big:  # the persons of those clusters, as they are
+        run(con, "DELETE FROM b_roots WHERE grp IN (SELECT comp FROM b_comp)")
+        run(con, f"""INSERT INTO b_roots {_roots(
+            "(SELECT * FROM b_final WHERE cluster IN (SELECT comp FROM b_comp))")}""")
     new_rows = f"""SELECT f.node, f.id_type, f.id_value, f.cluster, r.person_id, f.status,
                {ts_of('f.first_seen')} AS first_seen, f.last_seen, r.root = f.node AS is_root
         FROM b_final f JOIN b_roots r USING (grp)"""
