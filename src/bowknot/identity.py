@@ -531,7 +531,8 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
                {ts_of('f.first_seen')} AS first_seen, f.last_seen, r.root = f.node AS is_root
         FROM b_final f JOIN b_roots r USING (grp)"""
     if full and not _any(con, "identities"):
-        # A first build (or one after a reset): no person to compare with, so nothing moved.
+        # A full build over an empty resolution (the first one): nobody to compare with, so
+        # nothing moved.
         # The rows go straight into identities, which b_new then reads: one pass instead of
         # a temporary copy and its insert (1 M persons: 1.6 against 2.2 CPU-s), and reading
         # two columns back costs what reading the copy does.
