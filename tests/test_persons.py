@@ -167,6 +167,21 @@ def test_per_type_limits_detach_the_excess(tmp_path: Path) -> None:
             bad.build()
 
 
+def test_a_long_chain_of_identifiers_is_one_person(tmp_path: Path) -> None:
+    # Visitors passing e-mail addresses along (a0-e0-a1-e1-...): a path, not a star, so the
+    # contractions leave links between labels and label propagation must finish the cluster.
+    with bowknot.connect(tmp_path / "w.duckdb", identity_limits="*=1000") as ws:
+        ws.ingest([{"type": "identify", "messageId": f"m{i}-{j}", "timestamp": ts(1 + i % 9),
+                    "anonymousId": f"a{i + j}", "traits": {"email": f"e{i}@x.com"}}
+                   for i in range(40) for j in (0, 1)])
+        result = ws.build()
+        assert result.graph_rounds > 2  # label propagation ran after the two contractions
+        persons = ws.sql("SELECT DISTINCT person_id, cluster FROM identities")
+        assert len(persons) == 1 and len(members(ws, "a0")) == 81
+        smallest = ws.sql("SELECT min(node) AS n FROM id_nodes")[0]["n"]
+        assert persons[0]["cluster"] == smallest
+
+
 def test_every_trait_strategy(tmp_path: Path) -> None:
     strategies = ("plan=latest, city=latest_non_empty, since=first, credits=sum, "
                   "tags=union")
