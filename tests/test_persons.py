@@ -168,6 +168,21 @@ def test_per_type_limits_detach_the_excess(tmp_path: Path) -> None:
             bad.build()
 
 
+def test_a_long_chain_of_identifiers_is_one_person(tmp_path: Path) -> None:
+    # Visitors passing e-mail addresses along (a0-e0-a1-e1-...): a path, not a star, so the
+    # contractions leave links between labels and label propagation must finish the cluster.
+    with bowknot.connect(tmp_path / "w.duckdb", identity_limits="*=1000") as ws:
+        ws.ingest([{"type": "identify", "messageId": f"m{i}-{j}", "timestamp": ts(1 + i % 9),
+                    "anonymousId": f"a{i + j}", "traits": {"email": f"e{i}@x.com"}}
+                   for i in range(40) for j in (0, 1)])
+        result = ws.build()
+        assert result.graph_rounds > 2  # label propagation ran after the two contractions
+        persons = ws.sql("SELECT DISTINCT person_id, cluster FROM identities")
+        assert len(persons) == 1 and len(members(ws, "a0")) == 81
+        smallest = ws.sql("SELECT min(node) AS n FROM id_nodes")[0]["n"]
+        assert persons[0]["cluster"] == smallest
+
+
 def test_every_trait_strategy(tmp_path: Path) -> None:
     strategies = ("plan=latest, city=latest_non_empty, since=first, credits=sum, "
                   "tags=union")
@@ -268,6 +283,48 @@ def test_lifecycle_stages_and_features(tmp_path: Path) -> None:
         assert stage[person_of(ws, "buyer")] == "customer"
         touch = ws.persons.get("buyer")["last_touch"]
         assert touch["channel"] == "email" and touch["campaign"] == "summer"
+
+
+def test_features_count_every_type_of_event(ws: bowknot.Workspace) -> None:
+    # Pages are counted as the events of no other type (see profiles.EVENT_AGGREGATES): a
+    # group or alias call must not count as one.
+    ws.page("Home", anonymous_id="a1", timestamp=ts(1))
+    ws.screen("Start", anonymous_id="a1", timestamp=ts(1, 1))
+    ws.identify("u1", anonymous_id="a1", timestamp=ts(2))
+    ws.group("g1", user_id="u1", timestamp=ts(2, 1))
+    ws.build()
+    ws.page("Cars", user_id="u1", timestamp=ts(3))
+    ws.alias("u1", previous_id="a1", timestamp=ts(3, 1))
+    ws.track("Booking Completed", user_id="u1", properties={"revenue": 12.5}, timestamp=ts(4))
+    ws.track("Booking Completed", user_id="u1", properties={"revenue": 7}, timestamp=ts(5))
+    ws.track("Offer Refused", user_id="u1", timestamp=ts(6))
+    expected = {"events": 9, "pages": 2, "screens": 1, "tracks": 3, "identifies": 1,
+                "bookings": 2, "revenue": 19.5, "first_booking_at": "2026-01-04 00:00:00",
+                "last_booking_at": "2026-01-05 00:00:00"}
+    for full in (False, True):
+        ws.build(full=full)
+        p = ws.persons.get("u1")
+        assert {k: float(p[k]) if k == "revenue" else str(p[k]) if "_at" in k else p[k]
+                for k in expected} == expected
+
+
+def test_traits_from_the_context_and_the_timezone(ws: bowknot.Workspace) -> None:
+    # context.traits (read once per event for the e-mail, the phone and the traits) and an
+    # identify's context.timezone (its own traits win) become traits.
+    ws.track("Campaign Clicked", user_id="u1", timestamp=ts(1), context={
+        "traits": {"plan": "gold", "email": "U1@x.com", "phone": "+1 (555) 01"},
+        "campaign": {"source": "mail", "name": "spring"}})
+    ws.identify("u1", traits={"city": "Porto"}, context={"timezone": "Europe/Lisbon"},
+                timestamp=ts(2))
+    ws.identify("u2", traits={"timezone": "Asia/Tokyo"}, context={"timezone": "Europe/Rome"},
+                timestamp=ts(2))
+    ws.build()
+    u1 = ws.persons.get("u1")
+    assert u1["traits"] == {"plan": "gold", "email": "U1@x.com", "phone": "+1 (555) 01",
+                            "city": "Porto", "timezone": "Europe/Lisbon"}
+    assert {(i["id_type"], i["id_value"]) for i in u1["identifiers"]} == {
+        ("user_id", "u1"), ("email", "u1@x.com"), ("phone", "+155501")}
+    assert ws.persons.get("u2")["traits"] == {"timezone": "Asia/Tokyo"}
 
 
 def test_lookup_errors_say_what_to_do(ws: bowknot.Workspace) -> None:

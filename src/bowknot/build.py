@@ -201,7 +201,8 @@ class Builder:
             raw = ", ".join(identity.raw_names(settings))
             window = f"load_id > {low} AND load_id <= {high}"
             run(con, f"""CREATE OR REPLACE TEMP TABLE b_tup AS
-                SELECT *, {identity.ts_of('first')} AS first_event_at,
+                SELECT {raw}, {profiles.EVENT_GROUP_COLUMNS},
+                       {identity.ts_of('first')} AS first_event_at,
                        {identity.ids_from_raw(settings)} AS ids FROM (
                   SELECT {raw}, {profiles.EVENT_AGGREGATES}
                   FROM (SELECT key, timestamp AS ts, {profiles.ORDER_KEY_EVENTS} AS o,
