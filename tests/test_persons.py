@@ -131,6 +131,24 @@ def test_merge_is_logged_with_its_cause_and_can_be_undone(ws: bowknot.Workspace)
         ws.persons.unmerge(999)
 
 
+def test_a_merge_caused_by_an_older_load_names_its_cause(ws: bowknot.Workspace) -> None:
+    # An incremental build looks a change's cause up among its new events first; a remerge
+    # brings no new events, so the cause (an event of an earlier load) needs every event.
+    ws.page("Home", anonymous_id="laptop", timestamp=ts(1))
+    ws.identify("u1", anonymous_id="phone", timestamp=ts(2))
+    ws.build()
+    cause = ws.identify("u1", anonymous_id="laptop", timestamp=ts(5))
+    ws.build()
+    merged = ws.persons.resolve("u1")
+    log_id = next(c["log_id"] for c in ws.persons.changes(merged) if c["kind"] == "merge")
+    ws.persons.unmerge(log_id)
+    out = ws.persons.remerge(log_id)
+    assert out["build"]["kind"] == "incremental" and out["build"]["events"] == 0
+    merges = [c for c in ws.persons.changes(ws.persons.resolve("u1")) if c["kind"] == "merge"]
+    assert len(merges) == 2 and merges[0]["log_id"] != merges[1]["log_id"]
+    assert {(c["cause_message_id"], c["cause_source"]) for c in merges} == {(cause, "library")}
+
+
 def test_late_events_give_the_same_persons_as_time_order(tmp_path: Path) -> None:
     events = [
         {"type": "page", "anonymousId": "a1", "timestamp": ts(1), "messageId": "m1"},

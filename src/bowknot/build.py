@@ -217,7 +217,7 @@ class Builder:
             if odd:
                 _fallback(con, settings, window)
             identity.update_graph(con, full)
-            resolved = identity.resolve(con, settings, build_id, full)
+            resolved = identity.resolve(con, settings, build_id, full, window)
             result.identifiers_resolved = resolved["identifiers_resolved"]
             result.graph_rounds = resolved["graph_rounds"]
             result.label_rounds = resolved["label_rounds"]

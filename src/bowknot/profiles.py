@@ -189,9 +189,9 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
 
     Leaves ``b_stats0`` (the new events' partials by identifier, without their touch),
     ``b_touch(o, touch)`` (those partials' latest touches by order key) and ``b_tr`` (the
-    new traits partials), which a full build's :func:`update_persons` reads, and
-    (incremental builds) ``b_stat_nodes(node)``: identifiers whose aggregates changed (a full
-    build rewrites every person anyway).
+    new traits partials), which a full build's :func:`update_persons` reads. The identifiers
+    whose aggregates changed are all among ``b_occ``'s (the new events' identifiers), which
+    is how an incremental :func:`update_persons` finds their persons.
     """
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_stats0 AS
         SELECT hash(ids[1].t, ids[1].v) AS node, {COMBINE_EVENTS} FROM b_tup GROUP BY 1""")
@@ -264,8 +264,6 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
     run(con, """DELETE FROM trait_stats WHERE (node, trait) IN (
         SELECT (node, trait) FROM b_tr)""")
     run(con, "INSERT INTO trait_stats SELECT * FROM b_trm")
-    run(con, """CREATE OR REPLACE TEMP TABLE b_stat_nodes AS
-        SELECT node FROM b_stats UNION SELECT node FROM b_tr""")
 
 
 def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool) -> int:
@@ -280,9 +278,10 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
         for table in ("persons", "profile_features", "person_traits"):
             run(con, f"DELETE FROM {table}")
     else:
+        # Every identifier whose partials changed (b_stats, b_tr) is the primary identifier
+        # of some new events, so it is one of b_occ's: one semi join covers both.
         run(con, """CREATE OR REPLACE TEMP TABLE b_pset AS
             SELECT person_id FROM b_persons
-            UNION SELECT person_id FROM identities SEMI JOIN b_stat_nodes USING (node)
             UNION SELECT person_id FROM identities SEMI JOIN b_occ USING (node)""")
         for table in ("persons", "profile_features", "person_traits"):
             run(con, f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM b_pset)")
