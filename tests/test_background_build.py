@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import bowknot
+from bowknot import build
 from bowknot.build import BuildResult
 
 
@@ -57,3 +62,34 @@ def test_background_build_waits_for_a_pause_in_collection_at_most_the_max_delay(
             ws.builder.stop()
         assert next(numbers) > 20
         assert ws.sql("SELECT count(*) AS n FROM persons")[0]["n"] == 50
+
+
+def test_a_build_flushes_the_database_file_as_it_goes_and_stops_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit's fsync finds little left to write (build._write_behind)."""
+    path = tmp_path / "w.duckdb"
+    with bowknot.connect(path) as ws:
+        ws.track("Viewed", user_id="u1", anonymous_id="a1")
+        synced: list[int] = []
+        real = getattr(os, "fdatasync", os.fsync)
+
+        def record(fd: int) -> None:
+            synced.append(os.fstat(fd).st_ino)
+            real(fd)
+
+        monkeypatch.setattr(os, "fdatasync" if hasattr(os, "fdatasync") else "fsync", record)
+        monkeypatch.setattr(build, "FLUSH_SECONDS", 0.005)
+        slow = build.Builder._build
+
+        def slower(self: build.Builder, con: Any, full: bool) -> BuildResult:
+            result = slow(self, con, full)
+            time.sleep(0.1)  # a build that lasts a few flush intervals
+            return result
+
+        monkeypatch.setattr(build.Builder, "_build", slower)
+        assert ws.build(full=True).persons_updated == 1
+        assert synced and set(synced) == {path.stat().st_ino}
+        assert not [t for t in threading.enumerate() if t.name == "bowknot-write-behind"]
+        flushes = len(synced)
+        time.sleep(0.05)
+        assert len(synced) == flushes  # nothing flushes once the build is over

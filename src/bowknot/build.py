@@ -64,6 +64,48 @@ _PARTIALS = ("id_nodes", "id_edges", "node_stats", "trait_stats", "event_fallbac
 _HASH_PROBE = "SELECT hash('bowknot', 'node')::VARCHAR"
 # The writer counts as paused after this long without work (see Builder._wait_for_pause).
 _QUIET_SECONDS = 0.1
+# While a build runs, the database file's dirty pages are flushed this often (see
+# _write_behind).
+FLUSH_SECONDS = 1.0
+
+
+@contextmanager
+def _write_behind(path: str) -> Iterator[None]:
+    """Flush the database file to disk every FLUSH_SECONDS while the block runs.
+
+    A full build writes its tables (~1 GB at 1 M persons) into the file as it goes, and the
+    commit's fsync then waited for the kernel to write all of them: 0.3-0.8 s of wall time at
+    20 M events with the cores idle. Flushed from another thread as the build goes, the
+    commit's fsync finds little left (0.03-0.04 s; the same idea as PostgreSQL's
+    ``backend_flush_after``). Durability does not depend on it: the commit still syncs.
+    """
+    if not os.path.isfile(path):  # an in-memory database
+        yield
+        return
+    stop = threading.Event()
+    interval = FLUSH_SECONDS
+    sync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+    def flush() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            while not stop.wait(interval):
+                sync(fd)
+        except OSError:  # a file system that cannot sync: the commit reports what matters
+            pass
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=flush, name="bowknot-write-behind", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @dataclass
@@ -164,8 +206,8 @@ class Builder:
         with self.lock:
             con = self.connection()
             try:
-                with self.ws.store.spill_errors():  # a full spill says which settings help
-                    result = self._build(con, full)
+                with self.ws.store.spill_errors(), _write_behind(self.ws.store.path):
+                    result = self._build(con, full)  # a full spill says which settings help
             finally:
                 con.close()
             for hook in self.hooks:
