@@ -206,8 +206,9 @@ class Builder:
         with self.lock:
             con = self.connection()
             try:
+                # (a full spill says which settings help)
                 with self.ws.store.spill_errors(), _write_behind(self.ws.store.path):
-                    result = self._build(con, full)  # a full spill says which settings help
+                    result = self._build(con, full)
             finally:
                 con.close()
             for hook in self.hooks:

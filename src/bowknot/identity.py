@@ -271,6 +271,11 @@ def person_id_sql(id_type: str, id_value: str) -> str:
 
 # --- the graph ------------------------------------------------------------------------------
 
+def _any(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
+    """Whether ``relation`` (a table, or tables with joins and a WHERE) has a row."""
+    return bool(run(con, f"SELECT count(*) FROM (SELECT 1 FROM {relation} LIMIT 1)")[0][0])
+
+
 # The identifiers of b_tup, one row each (id_nodes' columns). Each identifier's node is hashed
 # once, after grouping (not once per occurrence).
 OCCURRENCES = """SELECT id_type, id_value, hash(id_type, id_value) AS node, first_seen, last_seen
@@ -356,7 +361,8 @@ def _components(con: duckdb.DuckDBPyConnection) -> int:
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_cl AS
         SELECT a AS node, a AS comp FROM {edges} UNION SELECT b, b FROM {edges}""")
     rounds = 2
-    while run(con, f"SELECT count(*) FROM (SELECT 1 FROM {edges} LIMIT 1)")[0][0]:
+    done = not _any(con, edges)
+    while not done:
         rounds += 1
         run(con, f"""CREATE OR REPLACE TEMP TABLE b_cc2 AS
             WITH step AS (
@@ -371,10 +377,8 @@ def _components(con: duckdb.DuckDBPyConnection) -> int:
         run(con, "ALTER TABLE b_cc2 RENAME TO b_cl")
         # Done when every link joins equal labels: a label is always a node of the component
         # and the smallest node keeps its own, so a uniform component carries its minimum.
-        if not run(con, f"""SELECT count(*) FROM (SELECT 1 FROM {edges} e
-                           JOIN b_cl x ON x.node = e.a JOIN b_cl y ON y.node = e.b
-                           WHERE x.comp <> y.comp LIMIT 1)""")[0][0]:
-            break
+        done = not _any(con, f"""{edges} e JOIN b_cl x ON x.node = e.a
+                                 JOIN b_cl y ON y.node = e.b WHERE x.comp <> y.comp""")
     return rounds
 
 
@@ -574,10 +578,6 @@ def resolve(con: duckdb.DuckDBPyConnection, settings: Settings, build_id: int,
             "identifiers_resolved": resolved}
 
 
-def _any(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(run(con, f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)")[0][0])
-
-
 def _log_changes(con: duckdb.DuckDBPyConnection, build_id: int, moved: bool,
                  window: str | None = None) -> None:
     """Log merges (an old person absorbed into another) and splits; keep redirects.
@@ -594,14 +594,13 @@ def _log_changes(con: duckdb.DuckDBPyConnection, build_id: int, moved: bool,
             FROM {events} e WHERE identity_log.cause_key = e.key AND {pending}
               AND e.key IN (SELECT cause_key FROM identity_log WHERE cause_message_id IS NULL)""")
 
-    if window is None:
-        causes("events")
-    elif moved or _any(con, f"identity_log WHERE {pending}"):
-        # A change is almost always caused by a link of the new events: those are looked up
-        # first (their load range), and every event only for a cause still missing (20 M
-        # events: the scan of every event key was ~0.22 of an incremental build's ~2.4 CPU-s).
-        causes(f"(SELECT key, message_id, source FROM events WHERE {window})")
-        if _any(con, f"identity_log WHERE {pending}"):
+    # Every event's key is scanned only for a cause still missing (20 M events: ~0.22 CPU-s,
+    # most of an incremental build's ~2.4). A change is almost always caused by a link of the
+    # new events, so an incremental build looks among those first (their load range).
+    if _any(con, f"identity_log WHERE {pending}"):
+        if window is not None:
+            causes(f"(SELECT key, message_id, source FROM events WHERE {window})")
+        if window is None or _any(con, f"identity_log WHERE {pending}"):
             causes("events")
     # A person that exists again (an unmerge) is no longer redirected.
     if _any(con, "person_redirects"):
