@@ -162,7 +162,7 @@ def event_columns(settings: Settings) -> str:
       CASE WHEN event = '{booking}'
            THEN TRY_CAST(properties->>'{revenue}' AS DECIMAL(38, 4)) END AS revenue,
       coalesce(list_contains({_in_list(settings.touch_events)}, event), false)
-        OR (_ctx->'campaign') IS NOT NULL AS touch, {TRAITS_COLUMN} AS tr"""
+        OR _cc IS NOT NULL AS touch, {TRAITS_COLUMN} AS tr"""
 
 
 def touches(settings: Settings, events: str) -> str:
@@ -178,7 +178,7 @@ def touches(settings: Settings, events: str) -> str:
       FROM (SELECT *, CASE
               WHEN coalesce(list_contains({_in_list(settings.touch_events)}, event), false)
               THEN json_extract_string(properties, ['$.channel', '$.campaign_id'])
-              ELSE json_extract_string(_ctx, ['$.campaign.source', '$.campaign.name'])
+              ELSE json_extract_string(_cc, ['$.source', '$.name'])
             END AS f FROM {events})"""
 
 
