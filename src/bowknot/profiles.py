@@ -256,13 +256,17 @@ def update_stats(con: duckdb.DuckDBPyConnection, settings: Settings, full: bool,
     if full:
         run(con, "INSERT INTO trait_stats SELECT * FROM b_tr")
         return
+    # The partials are found by their identifier first: the scan then filters the integer
+    # column, before any trait name is compared (1 % new events after 20 M, 37.7 k partials:
+    # the combine 0.160 -> 0.115 and the delete 0.096 -> 0.054 CPU-s, best of three).
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_trm AS
         SELECT node, trait, {TRAIT_COMBINE}
         FROM (SELECT t.* FROM trait_stats t SEMI JOIN b_tr USING (node, trait)
+              WHERE t.node IN (SELECT node FROM b_tr)
               UNION ALL SELECT * FROM b_tr)
         GROUP BY node, trait""")
-    run(con, """DELETE FROM trait_stats WHERE (node, trait) IN (
-        SELECT (node, trait) FROM b_tr)""")
+    run(con, """DELETE FROM trait_stats WHERE node IN (SELECT node FROM b_tr)
+        AND (node, trait) IN (SELECT (node, trait) FROM b_tr)""")
     run(con, "INSERT INTO trait_stats SELECT * FROM b_trm")
 
 
