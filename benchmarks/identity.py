@@ -113,15 +113,27 @@ def run_step(base: Path, tail: Path, step: str) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=2_000_000)
-    ap.add_argument("--repeat", type=int, default=1, help="runs of each step (median kept)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of the three steps (each step's median kept)")
     args = ap.parse_args()
     base, tail = prepare(args.events)
     results: dict[str, Any] = {"events": args.events, "machine": {
         "cpus": os.cpu_count(), "python": platform.python_version()}}
-    for step in ("scan", "full", "incremental"):
-        runs = [run_step(base, tail, step) for _ in range(args.repeat)]
-        runs.sort(key=lambda r: r["seconds"])
-        results[step] = runs[len(runs) // 2]
+    steps = ("scan", "full", "incremental")
+    # Rounds of the three steps, not each step's runs in a row: the host's speed drifts by
+    # ~10 % over minutes, and a drift then moves every step, not one step's median.
+    runs: dict[str, list[dict[str, Any]]] = {step: [] for step in steps}
+    for n in range(args.repeat):
+        for step in steps:
+            r = run_step(base, tail, step)
+            runs[step].append(r)
+            if args.repeat > 1:
+                print(f"  round {n + 1}: {step:12s} {r['seconds']:8.2f} s  "
+                      f"{r['cpu_seconds']:7.2f} CPU-s", flush=True)
+    for step in steps:
+        ordered = sorted(runs[step], key=lambda r: r["seconds"])
+        results[step] = ordered[len(ordered) // 2]
+        results[step]["runs_seconds"] = [r["seconds"] for r in runs[step]]
         r = results[step]
         print(f"{step:12s} {r['seconds']:8.2f} s  {r['cpu_seconds']:7.2f} CPU-s  "
               f"max RSS {r['max_rss_mb']:7.0f} MB  persons {r['persons']:,}", flush=True)
