@@ -206,7 +206,7 @@ class Builder:
         with self.lock:
             con = self.connection()
             try:
-                # (a full spill says which settings help)
+                # spill_errors: a full spill says which settings give it room
                 with self.ws.store.spill_errors(), _write_behind(self.ws.store.path):
                     result = self._build(con, full)
             finally:

@@ -314,8 +314,8 @@ def update_graph(con: duckdb.DuckDBPyConnection, full: bool = False) -> None:
     # The new events' links and identifiers, each with what the graph holds for it (NULL when
     # it is new): one read of id_edges and one of id_nodes decide what is new, what is now
     # earlier, and what to write (1 % new events after 20 M: five reads of the two tables
-    # were two thirds of these statements' time, and every link of the new events, most of
-    # them held already, sent its identifiers' clusters to be resolved again).
+    # were most of these statements' time, and every link of the new events, most of them
+    # held already, sent its identifiers' clusters to be resolved again).
     run(con, f"""CREATE OR REPLACE TEMP TABLE b_links AS
         SELECT l.*, e.first AS held FROM ({links}) l LEFT JOIN id_edges e USING (a, b)
         WHERE e.first IS NULL OR l.first < e.first""")

@@ -277,7 +277,8 @@ def update_persons(con: duckdb.DuckDBPyConnection, settings: Settings, full: boo
     """Rewrite persons, features and traits of every person touched by this build.
 
     A full build reads resolution's ``b_final`` (node, grp) and ``b_roots`` (grp,
-    person_id, ...: one row per person) and :func:`update_stats`' temporary tables."""
+    person_id, ...: one row per person), :func:`update_stats`' ``b_stats0`` and ``b_touch``,
+    and ``trait_stats`` as it has just written it."""
     if full:  # every person
         for table in ("persons", "profile_features", "person_traits"):
             run(con, f"DELETE FROM {table}")
