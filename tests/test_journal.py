@@ -11,6 +11,7 @@ import bowknot
 from bowknot import demo, journal
 from bowknot.errors import BowknotError, SettingError
 from bowknot.imports import import_file
+from bowknot.store.engine import size_bytes
 
 ROWS = "SELECT * FROM journey_events ORDER BY person_id, ts, seq"
 
@@ -230,6 +231,28 @@ def test_a_build_that_runs_out_of_spill_room_says_so_and_changes_nothing(
     ws = bowknot.connect(tmp_path / "ws.duckdb", max_temp_directory_size="1GB", **tight)
     assert ws.build().persons_updated > 1000
     ws.close()
+
+
+def test_the_block_allocator_keeps_what_the_setting_says(tmp_path: Path) -> None:
+    """block_allocator_memory: 'auto' keeps up to half of memory_limit, a size keeps that
+    much, '0' nothing; a size DuckDB cannot take is refused at connect, naming the setting."""
+    def kept(ws: bowknot.Workspace) -> tuple[int, int]:
+        row = ws.sql("SELECT current_setting('block_allocator_memory') AS kept, "
+                     "current_setting('memory_limit') AS lim")[0]
+        return size_bytes(row["kept"]), size_bytes(row["lim"])
+
+    with bowknot.connect(tmp_path / "a.duckdb", memory_limit="64MB") as ws:
+        size, limit = kept(ws)
+        assert limit > 0 and abs(size - limit // 2) < 2 << 20
+        ws.track("Clicked", user_id="a")
+        assert ws.build().persons_updated == 1
+    with bowknot.connect(tmp_path / "b.duckdb", block_allocator_memory="100MB") as ws:
+        assert abs(kept(ws)[0] - 100_000_000) < 1 << 20
+    with bowknot.connect(tmp_path / "c.duckdb", block_allocator_memory="0") as ws:
+        assert kept(ws)[0] == 0
+    with pytest.raises(SettingError, match="block_allocator_memory.*such as '4GB'"):
+        bowknot.connect(tmp_path / "d.duckdb", block_allocator_memory="lots")
+    bowknot.connect(tmp_path / "d.duckdb").close()  # not left locked
 
 
 def test_spill_settings_that_cannot_work_are_refused_at_connect(tmp_path: Path) -> None:

@@ -211,6 +211,17 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "DuckDB memory limit such as '8GB'; empty means DuckDB's default (80 % of RAM).",
     ),
+    # DuckDB returns freed buffer memory to the system and faults it in again, 4 KB at a time,
+    # when the next operator asks (a 20 M-event full build: 1.5 M page faults, ~4 CPU-s of
+    # system time); its block allocator keeps it (benchmarks/README.md, Identity builds).
+    Setting(
+        "block_allocator_memory",
+        "auto",
+        "Memory DuckDB keeps for its buffers once it has used it, such as '4GB', instead of "
+        "returning it to the system and faulting it in again: builds and rewrites spend less "
+        "time in the kernel, and the process holds on to what it used, up to this much, until "
+        "the workspace closes. 'auto' means half of memory_limit; '0' turns it off.",
+    ),
     # A journal rewrite at 100 M events under an 8 GB memory_limit spilled tens of GB beside
     # the workspace, and once filled the disk (benchmarks/README.md, Journeys, tier L).
     Setting(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,22 @@ from .schema import DDL, MIGRATIONS, SCHEMA_VERSION
 def run(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[Any]:
     """Execute and fetch everything: DuckDB 2 keeps a connection busy until results are read."""
     return con.execute(sql, params or []).fetchall()
+
+
+log = logging.getLogger(__name__)
+
+_UNITS = {"bytes": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+          "pib": 1 << 50}
+
+
+def size_bytes(size: str) -> int:
+    """A size as DuckDB shows a setting ('18.8 GiB', '0 bytes') in bytes; 0 if it is not
+    one (an unlimited memory_limit)."""
+    number, _, unit = size.strip().partition(" ")
+    try:
+        return int(float(number) * _UNITS[unit.lower()])
+    except (ValueError, KeyError):
+        return 0
 
 
 class Store:
@@ -50,6 +67,7 @@ class Store:
         run(self._con, "SET TimeZone = 'UTC'")
         try:
             self._spill_to(settings)
+            self._keep_blocks(settings)
         except BaseException:
             self._con.close()
             raise
@@ -90,6 +108,32 @@ class Store:
                     f"{settings.max_temp_directory_size!r} is not a size; write a number "
                     "and a unit, such as '50GB' or '500MB'.",
                     setting="max_temp_directory_size") from None
+
+    def _keep_blocks(self, settings: Settings) -> None:
+        """DuckDB's block allocator (setting ``block_allocator_memory``): buffer memory once
+        used is kept and reused instead of going back to the system, which would fault it
+        in again page by page (a 20 M-event full build: 1.5 -> 1.1 M page faults)."""
+        wanted = settings.block_allocator_memory.strip().lower()
+        current = run(self._con, "SELECT current_setting('block_allocator_memory')")[0][0]
+        if wanted in ("0", "") or size_bytes(current):
+            return  # off, or set already (the database is open in this process already)
+        if wanted == "auto":
+            limit = size_bytes(run(self._con, "SELECT current_setting('memory_limit')")[0][0])
+            if not limit:
+                return
+            try:
+                run(self._con, f"SET block_allocator_memory = '{limit // 2}B'")
+            except duckdb.Error as exc:  # e.g. no room to reserve its address space
+                log.info("DuckDB's block allocator stays off: %s", str(exc).splitlines()[0])
+            return
+        try:
+            run(self._con, "SET block_allocator_memory = ?", [settings.block_allocator_memory])
+        except duckdb.Error as exc:
+            raise SettingError(
+                "block_allocator_memory (BOWKNOT_BLOCK_ALLOCATOR_MEMORY): "
+                f"{settings.block_allocator_memory!r} was refused: {str(exc).splitlines()[0]} "
+                "Write a size such as '4GB' (at most memory_limit), 'auto' or '0'.",
+                setting="block_allocator_memory") from None
 
     @contextmanager
     def spill_errors(self) -> Iterator[None]:
