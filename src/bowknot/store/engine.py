@@ -15,13 +15,13 @@ from ..errors import BowknotError, SettingError, WorkspaceLocked
 from ..settings import Settings
 from .schema import DDL, MIGRATIONS, SCHEMA_VERSION
 
+log = logging.getLogger(__name__)
+
 
 def run(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[Any]:
     """Execute and fetch everything: DuckDB 2 keeps a connection busy until results are read."""
     return con.execute(sql, params or []).fetchall()
 
-
-log = logging.getLogger(__name__)
 
 _UNITS = {"bytes": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
           "pib": 1 << 50}
@@ -132,7 +132,7 @@ class Store:
             raise SettingError(
                 "block_allocator_memory (BOWKNOT_BLOCK_ALLOCATOR_MEMORY): "
                 f"{settings.block_allocator_memory!r} was refused: {str(exc).splitlines()[0]} "
-                "Write a size such as '4GB' (at most memory_limit), 'auto' or '0'.",
+                "Write a size such as '4GB', 'auto' (half of memory_limit) or '0' (off).",
                 setting="block_allocator_memory") from None
 
     @contextmanager
